@@ -1,0 +1,209 @@
+"""Input validation, seeds, backend choice and layout planning shared by every op."""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import struct
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+from .stream import HAS_TRITON, seed_to_int64
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Read once: triton.jit picks interpreter or compiler when the kernels are defined.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# --------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------
+def check_p(p, name: str = "p") -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a real number, but got {type(p).__name__}")
+    p = float(p)
+    if not (0.0 <= p <= 1.0):  # NaN fails too
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return p
+
+
+def check_float_tensor(x, name: str = "input") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, but got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float16, bfloat16, float32 or float64, but got {x.dtype}")
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True: run the Triton kernels; False: run the PyTorch reference (CPU)."""
+    kind = x.device.type
+    if kind == "cuda":
+        if not HAS_TRITON:
+            raise RuntimeError("seeddrop needs triton to run on CUDA tensors; pip install triton")
+        return True
+    if kind == "cpu":
+        return TRITON_INTERPRET and HAS_TRITON
+    raise ValueError(f"seeddrop supports CPU and CUDA tensors, but got a tensor on device '{x.device}'")
+
+
+def normalize_dims(dims: Sequence[int], ndim: int, name: str = "shared_dims") -> tuple:
+    if isinstance(dims, int):
+        dims = (dims,)
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, but got {type(dims).__name__}") from None
+    out = []
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"{name} must hold ints, but got {d!r}")
+        if not -ndim <= d < ndim:
+            raise ValueError(f"{name}: dim {d} is out of range for a tensor with {ndim} dims")
+        out.append(int(d) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat a dim, but got {dims}")
+    return tuple(sorted(out))
+
+
+def mask_shape_of(shape: Sequence[int], shared: tuple) -> tuple:
+    return tuple(1 if d in shared else s for d, s in enumerate(shape))
+
+
+def check_no_internal_overlap(x: torch.Tensor, name: str = "input") -> None:
+    """Reject tensors where several elements share memory (as torch does for in-place ops)."""
+    dims = sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz > 1)
+    extent = 1
+    for st, sz in dims:
+        if st < extent:
+            raise ValueError(
+                f"{name}: unsupported operation: more than one element of the written-to tensor "
+                "refers to a single memory location. Please clone() the tensor before "
+                "performing the operation."
+            )
+        extent = st * sz
+
+
+# --------------------------------------------------------------------------
+# seeds
+# --------------------------------------------------------------------------
+class Seed(NamedTuple):
+    """A resolved seed: either `value` (signed int64, tensor is None) or `tensor`
+    (int64 on the op's device, shape [] or [rows])."""
+
+    tensor: Optional[torch.Tensor]
+    value: int
+
+
+def draw_seed(device: torch.device) -> Seed:
+    """A fresh 64-bit seed from PyTorch's default generator of `device`, kept on
+    the device (no host sync; advances correctly under CUDA graph capture)."""
+    return Seed(torch.empty((), dtype=torch.int64, device=device).random_(-(1 << 63), None), 0)
+
+
+def resolve_seed(seed, device: torch.device, rows_shape: Optional[tuple]) -> Seed:
+    """Turn the user's `seed` into a Seed. `rows_shape` is the shape a per-row seed
+    tensor must have (None where per-row seeds are not accepted)."""
+    if seed is None:
+        return draw_seed(device)
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
+            raise TypeError(f"seed must be an int or an integer tensor, but got a tensor of dtype {seed.dtype}")
+        if rows_shape is not None and seed.dim() > 0 and tuple(seed.shape) == tuple(rows_shape):
+            return Seed(seed.to(device=device, dtype=torch.int64).reshape(-1).contiguous(), 0)
+        if seed.numel() == 1:
+            if seed.device == device:
+                return Seed(seed.to(torch.int64).reshape(()), 0)
+            return Seed(None, seed_to_int64(int(seed.item())))
+        expected = "a single value" if rows_shape is None else f"a single value or shape {tuple(rows_shape)}"
+        raise ValueError(f"seed tensor must hold {expected}, but got shape {tuple(seed.shape)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, an integer tensor or None, but got {type(seed).__name__}")
+    seed = int(seed)
+    if not -(1 << 63) <= seed < (1 << 64):
+        raise ValueError(f"seed must lie in [-2**63, 2**64), but got {seed}")
+    return Seed(None, seed_to_int64(seed))
+
+
+def seed_as_tensor(seed: Seed, device: torch.device) -> torch.Tensor:
+    if seed.tensor is not None:
+        return seed.tensor
+    return torch.tensor(seed.value, dtype=torch.int64, device=device)
+
+
+# --------------------------------------------------------------------------
+# scale
+# --------------------------------------------------------------------------
+def scale_bits(p: float) -> int:
+    """Bits of the float64 1/(1-p) (0 for p == 1), passed to kernels as an int64."""
+    scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    return struct.unpack("<q", struct.pack("<d", scale))[0]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------
+# layout planning: view x as [P, S, Q]
+# --------------------------------------------------------------------------
+class View(NamedTuple):
+    """x viewed as [P, S, Q]: mask index = p * Q + q (scalar seed) or (row p, column q)
+    (per-row seeds); S runs over the shared dims. Strides in elements."""
+
+    P: int
+    S: int
+    Q: int
+    x_strides: tuple  # (p, s, q)
+    out_strides: tuple
+
+
+def _collapse(dims, shape, *strides_list):
+    """(size, strides...) of dims (outer to inner) merged into one, or None."""
+    dims = [d for d in dims if shape[d] != 1]
+    size = math.prod(shape[d] for d in dims)
+    merged = []
+    for strides in strides_list:
+        if not dims:
+            merged.append(0)
+            continue
+        for outer, inner in zip(dims, dims[1:]):
+            if strides[outer] != shape[inner] * strides[inner]:
+                return None
+        merged.append(strides[dims[-1]])
+    return (size, *merged)
+
+
+def plan_view(shape, x_strides, out_strides, shared: tuple, per_row: bool) -> Optional[View]:
+    """The [P, S, Q] view of a tensor of `shape`, or None when its strides do not collapse."""
+    ndim = len(shape)
+    if ndim == 0:
+        return View(1, 1, 1, (0, 0, 0), (0, 0, 0))
+    non_shared = [d for d in range(ndim) if d not in shared]
+    q_dims = [ndim - 1] if non_shared and non_shared[-1] == ndim - 1 else []
+    p_dims = [d for d in non_shared if d not in q_dims]
+    s = _collapse(list(shared), shape, x_strides, out_strides)
+    if s is None:
+        return None
+    if not per_row:
+        pq = _collapse(p_dims + q_dims, shape, x_strides, out_strides)
+        if pq is not None:
+            return View(1, s[0], pq[0], (0, s[1], pq[1]), (0, s[2], pq[2]))
+    p = _collapse(p_dims, shape, x_strides, out_strides)
+    q = _collapse(q_dims, shape, x_strides, out_strides)
+    if p is None or q is None:
+        return None
+    return View(p[0], s[0], q[0], (p[1], s[1], q[1]), (p[2], s[2], q[2]))
+
+
+_SM_COUNT = {}
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]

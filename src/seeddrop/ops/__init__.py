@@ -1,0 +1,1 @@
+"""One module per op family: kernels, launcher, PyTorch reference, autograd Function."""

@@ -1,0 +1,270 @@
+"""Seeded dropout: Triton kernel, launcher, PyTorch reference and autograd Function.
+
+Covers plain dropout, per-row seed vectors and variational (shared-dims) dropout:
+all three are one kernel over a [P, S, Q] view of the tensor (see _common.View).
+The only state kept for backward is the seed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import stream
+from .._common import (
+    Seed,
+    View,
+    check_float_tensor,
+    check_no_internal_overlap,
+    check_p,
+    compute_dtype,
+    mask_shape_of,
+    normalize_dims,
+    plan_view,
+    resolve_seed,
+    scale_bits,
+    seed_as_tensor,
+    sm_count,
+    use_triton,
+)
+
+if stream.HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=["seed_value", "index_offset", "threshold", "scale_bits"])
+    def _dropout_kernel(
+        x_ptr, out_ptr, seed_ptr, seed_value, index_offset,
+        P, S, Q, s_per_program,
+        x_sp, x_ss, x_sq, o_sp, o_ss, o_sq, seed_stride,
+        threshold, scale_bits,
+        SEED_FROM_PTR: tl.constexpr, PER_ROW: tl.constexpr, ALIGNED: tl.constexpr,
+        MASK_ONLY: tl.constexpr, SOFTWARE_BF16: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):
+        """One program: a [BLOCK_P, BLOCK_G * 8] tile of mask coordinates (p, q), its
+        mask computed once and applied to s_per_program slices along S."""
+        pid = tl.program_id(0).to(tl.int64)
+        n_q = tl.cdiv(Q, BLOCK_G * 8)
+        n_p = tl.cdiv(P, BLOCK_P)
+        pid_q = pid % n_q
+        pid_p = (pid // n_q) % n_p
+        pid_s = pid // (n_q * n_p)
+
+        rows = pid_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+        groups = pid_q * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)
+        r3 = rows[:, None, None]
+        cols = groups[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+        in_bounds = (r3 < P) & (cols < Q)
+
+        if SEED_FROM_PTR:
+            if PER_ROW:
+                seed = tl.load(seed_ptr + rows * seed_stride, mask=rows < P, other=0)[:, None]
+            else:
+                seed = tl.load(seed_ptr)
+        else:
+            seed = seed_value
+        if PER_ROW:
+            group_idx = (index_offset >> 3) + groups[None, :] + tl.zeros([BLOCK_P, 1], tl.int64)
+            keep = stream.group_keep_tile(seed, group_idx, threshold)
+        elif ALIGNED:
+            group_idx = (index_offset >> 3) + rows[:, None] * (Q // 8) + groups[None, :]
+            keep = stream.group_keep_tile(seed, group_idx, threshold)
+        else:
+            keep = stream.keep_at_index(seed, index_offset + r3 * Q + cols, threshold)
+
+        o_off = r3 * o_sp + cols * o_sq
+        if MASK_ONLY:
+            tl.store(out_ptr + o_off, keep.to(tl.int8), mask=in_bounds)
+        else:
+            scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            if x_ptr.dtype.element_ty != tl.float64:
+                scale = scale.to(tl.float32)
+            multiplier = tl.where(keep, scale, 0.0)
+            x_off = r3 * x_sp + cols * x_sq
+            s = pid_s * s_per_program
+            s_end = s + s_per_program
+            while s < s_end:  # a while loop: Triton's interpreter cannot range() over an argument
+                live = in_bounds & (s < S)
+                x = tl.load(x_ptr + s * x_ss + x_off, mask=live)
+                y = x.to(multiplier.dtype) * multiplier
+                tl.store(out_ptr + s * o_ss + o_off, stream.round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=live)
+                s += 1
+
+
+def _tile_shape(view: View, elements: int):
+    """(BLOCK_P, BLOCK_G) for a tile of about `elements` elements, coalesced along
+    whichever of p or q is contiguous in memory."""
+    q_groups = triton.next_power_of_2(max(1, triton.cdiv(view.Q, 8)))
+    if view.x_strides[2] != 1 and view.x_strides[0] == 1 and view.P > 1:
+        block_g = min(q_groups, 8)
+    else:
+        block_g = min(q_groups, elements // 8)
+    block_p = min(triton.next_power_of_2(view.P), max(1, elements // (8 * block_g)))
+    return block_p, block_g
+
+
+def launch(src: Optional[torch.Tensor], out: torch.Tensor, view: View, seed: Seed, p: float,
+           per_row: bool, index_offset: int = 0) -> None:
+    """Run the dropout kernel: out = src * mask (or out = mask as int8 when src is None)."""
+    mask_only = src is None
+    itemsize = out.element_size() if not mask_only else 2
+    elements = 8192 if itemsize <= 2 else 4096 if itemsize == 4 else 2048
+    if not out.is_cuda:  # the interpreter: fewer, larger programs
+        elements = 16384
+    block_p, block_g = _tile_shape(view, elements)
+    tiles = triton.cdiv(view.P, block_p) * triton.cdiv(view.Q, block_g * 8)
+    s_chunks = 1 if mask_only else min(view.S, max(1, triton.cdiv(8 * sm_count(out.device), tiles)))
+    s_per_program = triton.cdiv(view.S, s_chunks)
+    s_chunks = triton.cdiv(view.S, s_per_program)
+    aligned = index_offset % 8 == 0 and (view.P == 1 or view.Q % 8 == 0)
+    _dropout_kernel[(tiles * s_chunks,)](
+        out if mask_only else src, out, seed.tensor, seed.value, index_offset,
+        view.P, view.S, view.Q, s_per_program,
+        *view.x_strides, *view.out_strides, 1,
+        stream.threshold(p), scale_bits(p),
+        SEED_FROM_PTR=seed.tensor is not None, PER_ROW=per_row, ALIGNED=aligned,
+        MASK_ONLY=mask_only, SOFTWARE_BF16=not out.is_cuda, BLOCK_P=block_p, BLOCK_G=block_g,
+        num_warps=4 if block_p * block_g * 8 <= 4096 else 8,
+    )
+
+
+# --------------------------------------------------------------------------
+# PyTorch reference
+# --------------------------------------------------------------------------
+def mask_reference(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device) -> torch.Tensor:
+    """Bool keep mask of `mask_shape` (spec v1), computed with PyTorch ops."""
+    seed_t = seed_as_tensor(seed, device)
+    if per_row:
+        cols = mask_shape[-1]
+        keep = stream.keep_rows(seed_t, seed_t.numel(), cols, p)
+    else:
+        keep = stream.keep_rows(seed_t, 1, max(1, _numel(mask_shape)), p)
+        keep = keep.flatten()[: _numel(mask_shape)]
+    return keep.reshape(mask_shape)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def dropout_reference(x: torch.Tensor, p: float, seed: Seed, shared: tuple = (), per_row: bool = False,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x * mask / (1 - p) in PyTorch: product in fp32 (fp64 for float64), rounded once."""
+    keep = mask_reference(mask_shape_of(x.shape, shared), p, seed, per_row, x.device)
+    cdt = compute_dtype(x.dtype)
+    scale = torch.tensor(0.0 if p >= 1 else 1.0 / (1.0 - p), dtype=torch.float64).to(cdt)
+    y = (x.to(cdt) * torch.where(keep, scale, torch.zeros((), dtype=cdt))).to(x.dtype)
+    if out is None:
+        out = torch.empty_like(x)
+    return out.copy_(y)
+
+
+# --------------------------------------------------------------------------
+# dispatch + autograd
+# --------------------------------------------------------------------------
+def apply_dropout(x: torch.Tensor, p: float, seed: Seed, shared: tuple, per_row: bool,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out (default: empty_like(x)) = dropout(x) for an already validated call."""
+    if out is None:
+        out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    if not use_triton(x):
+        return dropout_reference(x, p, seed, shared, per_row, out=out)
+    view = plan_view(x.shape, x.stride(), out.stride(), shared, per_row)
+    if view is not None:
+        launch(x, out, view, seed, p, per_row)
+        return out
+    # Strides that do not collapse to [P, S, Q]: run on a canonical copy.
+    order = list(shared) + [d for d in range(x.dim()) if d not in shared]
+    src = x.permute(order).contiguous()
+    tmp = torch.empty_like(src)
+    canon_shared = tuple(range(len(shared)))
+    launch(src, tmp, plan_view(src.shape, src.stride(), tmp.stride(), canon_shared, per_row), seed, p, per_row)
+    inverse = [order.index(d) for d in range(x.dim())]
+    return out.copy_(tmp.permute(inverse))
+
+
+def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device) -> torch.Tensor:
+    """Bool keep mask of `mask_shape` on `device` (kernel on CUDA / interpreter)."""
+    probe = torch.empty((), device=device)
+    if not use_triton(probe):
+        return mask_reference(mask_shape, p, seed, per_row, device)
+    out = torch.empty(mask_shape, dtype=torch.int8, device=device)
+    if out.numel():
+        launch(None, out, plan_view(mask_shape, out.stride(), out.stride(), (), per_row), seed, p, per_row)
+    return out.view(torch.bool)
+
+
+class DropoutFunction(torch.autograd.Function):
+    """Autograd for seeded dropout. Saved for backward: the seed only (an int, or the
+    seed tensor of shape [] / [rows]); the mask is regenerated."""
+
+    @staticmethod
+    def forward(ctx, x, seed_tensor, seed_value, p, shared, per_row, inplace):
+        seed = Seed(seed_tensor, seed_value)
+        out = apply_dropout(x, p, seed, shared, per_row, out=x if inplace else None)
+        if inplace:
+            ctx.mark_dirty(x)
+        if seed_tensor is not None:
+            ctx.save_for_backward(seed_tensor)
+        ctx.seed_value, ctx.p, ctx.shared, ctx.per_row = seed_value, p, shared, per_row
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        seed_tensor = ctx.saved_tensors[0] if ctx.saved_tensors else None
+        seed = Seed(seed_tensor, ctx.seed_value)
+        return apply_dropout(grad, ctx.p, seed, ctx.shared, ctx.per_row), None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+            seed=None, shared_dims=()) -> torch.Tensor:
+    """Seeded drop-in for torch.nn.functional.dropout.
+
+    x: float16/bfloat16/float32/float64 tensor of any shape and strides. seed: int in
+    [-2**63, 2**64), an integer tensor with one value, an integer tensor of shape
+    mask_shape[:-1] (one seed per row), or None (drawn from torch's generator).
+    shared_dims: dims along which the mask is shared (variational dropout).
+    Returns a tensor laid out like torch.empty_like(x) (x itself when inplace).
+    Backward saves only the seed.
+    """
+    p = check_p(p)
+    check_float_tensor(x)
+    shared = normalize_dims(shared_dims, x.dim()) if shared_dims else ()
+    if not training or p == 0.0:
+        return x
+    if inplace:
+        check_no_internal_overlap(x)
+    rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() else None
+    seed = resolve_seed(seed, x.device, rows_shape)
+    per_row = seed.tensor is not None and seed.tensor.dim() == 1
+    if x.requires_grad and torch.is_grad_enabled():
+        return DropoutFunction.apply(x, seed.tensor, seed.value, p, shared, per_row, inplace)
+    return apply_dropout(x, p, seed, shared, per_row, out=x if inplace else None)
+
+
+def dropout_mask(shape, p: float, seed, *, device=None, shared_dims=()) -> torch.Tensor:
+    """Bool tensor of `shape` (True = kept): the keep decisions `dropout` applies for this
+    shape, p, seed and shared_dims (a broadcast view when shared_dims is given)."""
+    p = check_p(p)
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must not have negative sizes, but got {shape}")
+    if seed is None:
+        raise ValueError("dropout_mask needs an explicit seed (an int or an integer tensor)")
+    device = torch.device(device) if device is not None else (
+        seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu"))
+    shared = normalize_dims(shared_dims, len(shape)) if shared_dims else ()
+    mask_shape = mask_shape_of(shape, shared)
+    seed = resolve_seed(seed, device, mask_shape[:-1] if mask_shape else None)
+    per_row = seed.tensor is not None and seed.tensor.dim() == 1
+    return dropout_mask_tensor(mask_shape, p, seed, per_row, device).expand(shape)

@@ -1,0 +1,160 @@
+"""The seeddrop mask stream, spec v1 (see docs/mask_stream.md).
+
+The keep decision of element ``i`` (its logical, row-major index) is a pure
+function of ``(seed, i, p)``:
+
+* Philox4x32-10 with key ``(seed mod 2**32, (seed >> 32) mod 2**32)`` and
+  counter ``(q mod 2**32, q >> 32, 0, 0)`` where ``q = i >> 3``;
+* lane ``l = i & 7`` takes 16 bits ``u`` of the output word ``w[l >> 1]``
+  (low half for even ``l``, high half for odd ``l``);
+* the element is kept iff ``u >= T`` with ``T = floor(p * 65536 + 0.5)``.
+
+This module is the only place the stream is written down: once in Triton
+(``group_keep_tile``, ``keep_at_index``) and once in PyTorch
+(``keep_rows``, ``keep_at_indices``). Every kernel and every reference op
+goes through these functions.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only without triton
+    HAS_TRITON = False
+
+LANES = 8  # elements served by one Philox4x32 call (128 bits / 16 bits)
+_U32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def threshold(p: float) -> int:
+    """Keep threshold T = floor(p * 65536 + 0.5): a 16-bit draw u is kept iff u >= T."""
+    return int(math.floor(p * 65536.0 + 0.5))
+
+
+def seed_to_int64(seed: int) -> int:
+    """Map an integer in [-2**63, 2**64) to the signed int64 with the same 64 bits."""
+    seed %= 1 << 64
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+# --------------------------------------------------------------------------
+# Triton
+# --------------------------------------------------------------------------
+if HAS_TRITON:
+
+    @triton.jit
+    def lane_bits(w0, w1, w2, w3, lane):
+        """16-bit draw of `lane` (0..7) from the four Philox words (spec v1)."""
+        word = tl.where(lane < 4, tl.where(lane < 2, w0, w1), tl.where(lane < 6, w2, w3))
+        shift = ((lane & 1) * 16).to(tl.uint32)
+        return ((word >> shift) & 0xFFFF).to(tl.int32)
+
+    @triton.jit
+    def group_keep_tile(seed, group, threshold):
+        """Keep decisions for whole 8-element groups.
+
+        seed: int64 scalar or tensor broadcastable to `group`; group: int64
+        [A, B] tensor of group indices q = i >> 3. Returns int1 [A, B, 8] where
+        [a, b, l] is the decision for element 8 * group[a, b] + l.
+        """
+        w0, w1, w2, w3 = tl.randint4x(seed.to(tl.int64), group, 10)
+        lane = tl.arange(0, 8)[None, None, :]
+        u = lane_bits(w0[:, :, None], w1[:, :, None], w2[:, :, None], w3[:, :, None], lane)
+        return u >= threshold
+
+    @triton.jit
+    def keep_at_index(seed, index, threshold):
+        """Keep decision for arbitrary int64 logical indices (one Philox call each)."""
+        w0, w1, w2, w3 = tl.randint4x(seed.to(tl.int64), index >> 3, 10)
+        return lane_bits(w0, w1, w2, w3, (index & 7).to(tl.int32)) >= threshold
+
+    @triton.jit
+    def round_to(y, dtype: tl.constexpr, SOFTWARE_BF16: tl.constexpr):
+        """Round fp32/fp64 `y` once to `dtype` (round to nearest even). SOFTWARE_BF16:
+        do the bf16 rounding in integer arithmetic (Triton's CPU interpreter truncates)."""
+        if SOFTWARE_BF16 and dtype == tl.bfloat16:
+            bits = y.to(tl.float32).to(tl.uint32, bitcast=True)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            rounded = tl.where(y != y, (bits >> 16) | 0x40, rounded)
+            return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            return y.to(dtype)
+
+
+# --------------------------------------------------------------------------
+# PyTorch (int64 tensors emulate uint32 arithmetic; no overflowing products)
+# --------------------------------------------------------------------------
+def _mul_hi_lo(a: torch.Tensor, m: int):
+    """(hi, lo) 32-bit halves of the 64-bit product a * m for uint32 a and constant m."""
+    m_hi, m_lo = m >> 16, m & 0xFFFF
+    t = a * m_lo  # < 2**48
+    u = a * m_hi  # < 2**48
+    hi = (u + (t >> 16)) >> 16
+    lo = (((u & 0xFFFF) << 16) + t) & _U32
+    return hi, lo
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Random123 philox4x32-10 on int64 tensors holding uint32 values (broadcasting)."""
+    for _ in range(10):
+        hi0, lo0 = _mul_hi_lo(c0, _PHILOX_M0)
+        hi1, lo1 = _mul_hi_lo(c2, _PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _U32
+        k1 = (k1 + _PHILOX_W1) & _U32
+    return c0, c1, c2, c3
+
+
+def group_words(seed: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Philox words of the groups: int64 tensor of shape broadcast(seed, group) + [4]."""
+    seed = seed.to(torch.int64)
+    k0, k1 = seed & _U32, (seed >> 32) & _U32
+    c0, c1 = group & _U32, (group >> 32) & _U32
+    zero = torch.zeros_like(c0)
+    return torch.stack(philox4x32_10(c0, c1, zero, zero, k0, k1), dim=-1)
+
+
+def _lane_draws(words: torch.Tensor) -> torch.Tensor:
+    """[..., 4] words -> [..., 8] 16-bit draws in lane order."""
+    halves = torch.stack((words & 0xFFFF, (words >> 16) & 0xFFFF), dim=-1)
+    return halves.flatten(-2)
+
+
+def keep_rows(seed: torch.Tensor, n_rows: int, n_cols: int, p: float, index_offset: int = 0) -> torch.Tensor:
+    """Bool [n_rows, n_cols]: row r holds the decisions for logical indices
+    index_offset .. index_offset + n_cols - 1 under key seed[r].
+
+    seed: int64 tensor of shape [] (same key for every row, rows then continue
+    the index: row r starts at index_offset + r * n_cols) or [n_rows] (one key
+    per row, every row starts at index_offset).
+    """
+    thr = threshold(p)
+    device = seed.device
+    if seed.dim() == 0:
+        start, n = index_offset, n_rows * n_cols
+        first = start >> 3
+        groups = torch.arange(first, ((start + n + 7) >> 3), device=device, dtype=torch.int64)
+        draws = _lane_draws(group_words(seed, groups)).flatten()
+        lo = start - (first << 3)
+        return (draws[lo:lo + n] >= thr).reshape(n_rows, n_cols)
+    first = index_offset >> 3
+    groups = torch.arange(first, ((index_offset + n_cols + 7) >> 3), device=device, dtype=torch.int64)
+    draws = _lane_draws(group_words(seed.reshape(-1, 1), groups[None, :])).flatten(1)
+    lo = index_offset - (first << 3)
+    return draws[:, lo:lo + n_cols] >= thr
+
+
+def keep_at_indices(seed: torch.Tensor, index: torch.Tensor, p: float) -> torch.Tensor:
+    """Bool tensor: decision of each int64 logical index (seed broadcasts against index)."""
+    w0, w1, w2, w3 = group_words(seed, index >> 3).unbind(-1)
+    lane = index & 7
+    word = torch.where(lane < 4, torch.where(lane < 2, w0, w1), torch.where(lane < 6, w2, w3))
+    return ((word >> ((lane & 1) * 16)) & 0xFFFF) >= threshold(p)
