@@ -197,6 +197,14 @@ def plan_view(shape, x_strides, out_strides, shared: tuple, per_row: bool) -> Op
     return View(p[0], s[0], q[0], (p[1], s[1], q[1]), (p[2], s[2], q[2]))
 
 
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 _SM_COUNT = {}
 
 

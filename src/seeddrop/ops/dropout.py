@@ -6,7 +6,8 @@ The only state kept for backward is the seed.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -16,9 +17,11 @@ from .._common import (
     View,
     check_float_tensor,
     check_no_internal_overlap,
+    cdiv,
     check_p,
     compute_dtype,
     mask_shape_of,
+    next_pow2,
     normalize_dims,
     plan_view,
     resolve_seed,
@@ -27,6 +30,7 @@ from .._common import (
     sm_count,
     use_triton,
 )
+from .._launch import FastKernel
 
 if stream.HAS_TRITON:
     import triton
@@ -34,10 +38,10 @@ if stream.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["seed_value", "index_offset", "threshold", "scale_bits"])
     def _dropout_kernel(
-        x_ptr, out_ptr, seed_ptr, seed_value, index_offset,
+        x_ptr, out_ptr, seed_ptr, seed_value: tl.int64, index_offset: tl.int64,
         P, S, Q, s_per_program,
         x_sp, x_ss, x_sq, o_sp, o_ss, o_sq, seed_stride,
-        threshold, scale_bits,
+        threshold, scale_bits: tl.int64,
         SEED_FROM_PTR: tl.constexpr, PER_ROW: tl.constexpr, ALIGNED: tl.constexpr,
         MASK_ONLY: tl.constexpr, SOFTWARE_BF16: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
     ):
@@ -91,41 +95,66 @@ if stream.HAS_TRITON:
                 s += 1
 
 
-def _tile_shape(view: View, elements: int):
-    """(BLOCK_P, BLOCK_G) for a tile of about `elements` elements, coalesced along
-    whichever of p or q is contiguous in memory."""
-    q_groups = triton.next_power_of_2(max(1, triton.cdiv(view.Q, 8)))
+class _Config(NamedTuple):
+    view: View
+    grid: int
+    s_per_program: int
+    constexprs: tuple  # ALIGNED, BLOCK_P, BLOCK_G
+    num_warps: int
+
+
+def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool, index_offset: int) -> _Config:
+    """Tile shape and grid for a view: tiles of about 8 KiB-16 KiB of input, coalesced along
+    whichever of p or q is contiguous in memory, S split so the GPU gets enough programs."""
+    elements = (8192 if itemsize <= 2 else 4096 if itemsize == 4 else 2048) if on_cuda else 16384
+    q_groups = next_pow2(cdiv(view.Q, 8))
     if view.x_strides[2] != 1 and view.x_strides[0] == 1 and view.P > 1:
         block_g = min(q_groups, 8)
     else:
         block_g = min(q_groups, elements // 8)
-    block_p = min(triton.next_power_of_2(view.P), max(1, elements // (8 * block_g)))
-    return block_p, block_g
-
-
-def launch(src: Optional[torch.Tensor], out: torch.Tensor, view: View, seed: Seed, p: float,
-           per_row: bool, index_offset: int = 0) -> None:
-    """Run the dropout kernel: out = src * mask (or out = mask as int8 when src is None)."""
-    mask_only = src is None
-    itemsize = out.element_size() if not mask_only else 2
-    elements = 8192 if itemsize <= 2 else 4096 if itemsize == 4 else 2048
-    if not out.is_cuda:  # the interpreter: fewer, larger programs
-        elements = 16384
-    block_p, block_g = _tile_shape(view, elements)
-    tiles = triton.cdiv(view.P, block_p) * triton.cdiv(view.Q, block_g * 8)
-    s_chunks = 1 if mask_only else min(view.S, max(1, triton.cdiv(8 * sm_count(out.device), tiles)))
-    s_per_program = triton.cdiv(view.S, s_chunks)
-    s_chunks = triton.cdiv(view.S, s_per_program)
+    block_p = min(next_pow2(view.P), max(1, elements // (8 * block_g)))
+    tiles = cdiv(view.P, block_p) * cdiv(view.Q, block_g * 8)
+    s_chunks = 1 if mask_only else min(view.S, max(1, cdiv(8 * sm_count(device), tiles)))
+    s_per_program = cdiv(view.S, s_chunks)
+    s_chunks = cdiv(view.S, s_per_program)
     aligned = index_offset % 8 == 0 and (view.P == 1 or view.Q % 8 == 0)
-    _dropout_kernel[(tiles * s_chunks,)](
-        out if mask_only else src, out, seed.tensor, seed.value, index_offset,
-        view.P, view.S, view.Q, s_per_program,
-        *view.x_strides, *view.out_strides, 1,
-        stream.threshold(p), scale_bits(p),
-        SEED_FROM_PTR=seed.tensor is not None, PER_ROW=per_row, ALIGNED=aligned,
-        MASK_ONLY=mask_only, SOFTWARE_BF16=not out.is_cuda, BLOCK_P=block_p, BLOCK_G=block_g,
-        num_warps=4 if block_p * block_g * 8 <= 4096 else 8,
-    )
+    num_warps = 4 if block_p * block_g * 8 <= 4096 else 8
+    return _Config(view, tiles * s_chunks, s_per_program, (aligned, block_p, block_g), num_warps)
+
+
+_CONFIGS = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _p_constants(p: float):
+    return stream.threshold(p), scale_bits(p)
+
+_KERNEL = FastKernel(_dropout_kernel) if stream.HAS_TRITON else None
+
+
+def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: Seed, p: float,
+           per_row: bool, index_offset: int = 0) -> bool:
+    """Run the dropout kernel: out = src * mask (out = int8 mask when src is None).
+    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view."""
+    mask_only = src is None
+    x = out if mask_only else src
+    from_ptr = seed.tensor is not None
+    key = (x.shape, x.stride(), out.stride(), out.dtype, shared, per_row, from_ptr, mask_only,
+           index_offset % 8 == 0, out.device)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        view = plan_view(x.shape, x.stride(), out.stride(), shared, per_row)
+        if view is None:
+            return False
+        cfg = _configure(view, out.element_size(), out.is_cuda, out.device, mask_only, index_offset)
+        _CONFIGS[key] = cfg
+    v = cfg.view
+    threshold, scale = _p_constants(p)
+    args = (x, out, seed.tensor, seed.value, index_offset, v.P, v.S, v.Q, cfg.s_per_program,
+            *v.x_strides, *v.out_strides, 1, threshold, scale,
+            from_ptr, per_row, *cfg.constexprs[:1], mask_only, not out.is_cuda, *cfg.constexprs[1:])
+    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps, (x, out, seed.tensor))
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -174,16 +203,13 @@ def apply_dropout(x: torch.Tensor, p: float, seed: Seed, shared: tuple, per_row:
         return out
     if not use_triton(x):
         return dropout_reference(x, p, seed, shared, per_row, out=out)
-    view = plan_view(x.shape, x.stride(), out.stride(), shared, per_row)
-    if view is not None:
-        launch(x, out, view, seed, p, per_row)
+    if launch(x, out, shared, seed, p, per_row):
         return out
     # Strides that do not collapse to [P, S, Q]: run on a canonical copy.
     order = list(shared) + [d for d in range(x.dim()) if d not in shared]
     src = x.permute(order).contiguous()
     tmp = torch.empty_like(src)
-    canon_shared = tuple(range(len(shared)))
-    launch(src, tmp, plan_view(src.shape, src.stride(), tmp.stride(), canon_shared, per_row), seed, p, per_row)
+    launch(src, tmp, tuple(range(len(shared))), seed, p, per_row)
     inverse = [order.index(d) for d in range(x.dim())]
     return out.copy_(tmp.permute(inverse))
 
@@ -195,7 +221,7 @@ def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, 
         return mask_reference(mask_shape, p, seed, per_row, device)
     out = torch.empty(mask_shape, dtype=torch.int8, device=device)
     if out.numel():
-        launch(None, out, plan_view(mask_shape, out.stride(), out.stride(), (), per_row), seed, p, per_row)
+        launch(None, out, (), seed, p, per_row)
     return out.view(torch.bool)
 
 
@@ -242,7 +268,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
         return x
     if inplace:
         check_no_internal_overlap(x)
-    rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() else None
+    rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() and isinstance(seed, torch.Tensor) else None
     seed = resolve_seed(seed, x.device, rows_shape)
     per_row = seed.tensor is not None and seed.tensor.dim() == 1
     if x.requires_grad and torch.is_grad_enabled():

@@ -1,0 +1,96 @@
+"""CUDA checks (run on the GPU through scripts/gpu_check.sh): the Triton kernels on
+CUDA produce the CPU reference's output bit for bit."""
+import pytest
+import torch
+
+import seeddrop
+from seeddrop import stream
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _strided_cases(gen):
+    base = torch.randn(37, 29, 11, generator=gen)
+    yield "contiguous", base, ()
+    yield "transposed", base[:, :, 0].t(), ()
+    yield "permuted", base.permute(2, 0, 1), ()
+    yield "sliced", base[::2, 1::3, :], ()
+    yield "expanded", torch.randn(1, 29, 1, generator=gen).expand(37, 29, 11), ()
+    yield "shared0", base, (0,)
+    yield "shared1", base, (1,)
+    yield "shared02", base, (0, 2)
+    yield "shared_last", base, (-1,)
+    yield "big_rows", torch.randn(3, 100_003, generator=gen), ()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_cpu_reference(dtype):
+    gen = torch.Generator().manual_seed(1234)
+    for name, x_cpu, shared in _strided_cases(gen):
+        for p in (0.1, 0.5, 0.9):
+            seed = int(torch.randint(-(2**62), 2**62, (), generator=gen)) * 2 + 1
+            x_cpu = x_cpu.to(dtype)
+            x_gpu = x_cpu.cuda() if x_cpu.is_contiguous() else _same_layout_cuda(x_cpu)
+            ref = seeddrop.dropout(x_cpu, p, seed=seed, shared_dims=shared)
+            out = seeddrop.dropout(x_gpu, p, seed=seed, shared_dims=shared)
+            assert out.stride() == torch.empty_like(x_gpu).stride(), name
+            assert torch.equal(out.cpu(), ref), (name, dtype, p)
+
+
+def _same_layout_cuda(x_cpu):
+    """A CUDA tensor with the same values, shape and strides as a CPU view."""
+    base = x_cpu._base if x_cpu._base is not None else x_cpu
+    gpu_base = base.cuda()
+    return gpu_base.as_strided(x_cpu.shape, x_cpu.stride(), x_cpu.storage_offset())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_per_row_and_backward(dtype):
+    gen = torch.Generator().manual_seed(99)
+    x = torch.randn(64, 1000, generator=gen).to(dtype)
+    seeds = torch.randint(-(2**63), 2**63 - 1, (64,), generator=gen)
+    ref = seeddrop.dropout(x, 0.3, seed=seeds)
+    out = seeddrop.dropout(x.cuda(), 0.3, seed=seeds.cuda())
+    assert torch.equal(out.cpu(), ref)
+    xg = x.cuda().requires_grad_()
+    y = seeddrop.dropout(xg, 0.3, seed=seeds.cuda())
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(xg.grad.cpu(), seeddrop.dropout(grad.cpu(), 0.3, seed=seeds))
+
+
+def test_cuda_mask_matches_reference():
+    for seed in (0, 123, -1, 2**63 + 5):
+        m_gpu = seeddrop.dropout_mask((129, 257), 0.37, seed, device="cuda")
+        m_cpu = seeddrop.dropout_mask((129, 257), 0.37, seed)
+        assert torch.equal(m_gpu.cpu(), m_cpu)
+
+
+def test_cuda_more_than_2_31_elements():
+    """A real > 2**31-element tensor: sampled positions (and the whole tail) equal the
+    reference stream evaluated at those logical indices."""
+    n = 2**31 + 4099
+    free, _ = torch.cuda.mem_get_info()
+    if free < 3 * n * 2 + (1 << 30):
+        pytest.skip("not enough GPU memory")
+    x = torch.ones(n, dtype=torch.float16, device="cuda")
+    seed, p = 2**40 + 17, 0.25
+    y = seeddrop.dropout(x, p, seed=seed)
+    idx = torch.cat([
+        torch.randint(0, n, (1 << 20,), device="cuda"),
+        torch.arange(n - (1 << 20), n, device="cuda"),
+        torch.arange(2**31 - 4096, 2**31 + 4096, device="cuda"),
+    ])
+    keep = stream.keep_at_indices(torch.tensor(seed, device="cuda"), idx, p)
+    expected = torch.where(keep, torch.tensor(1 / (1 - p), dtype=torch.float32, device="cuda"), 0.0).half()
+    assert torch.equal(y[idx], expected)
+    kept = (y != 0).sum().item()
+    mean, sd = n * (1 - p), (n * p * (1 - p)) ** 0.5
+    assert abs(kept - mean) < 6 * sd
+    del x, y
+    torch.cuda.empty_cache()
