@@ -94,3 +94,68 @@ def test_cuda_more_than_2_31_elements():
     assert abs(kept - mean) < 6 * sd
     del x, y
     torch.cuda.empty_cache()
+
+
+def _train_step_parts():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 256), seeddrop.Dropout(0.5), torch.nn.ReLU(),
+        seeddrop.VariationalDropout(0.3, shared_dims=(0,)), torch.nn.Linear(256, 256),
+    ).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(64, 256, device="cuda")
+    return model, opt, x
+
+
+def test_cuda_graph_training_step_draws_new_masks_and_is_reproducible():
+    model, opt, x = _train_step_parts()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        y = model(x)
+        y.square().mean().backward()
+        opt.step()
+        return y
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = step()
+
+    def replays(n):
+        outs = []
+        for _ in range(n):
+            graph.replay()
+            outs.append((y_static == 0).clone())
+        return outs
+
+    torch.manual_seed(42)
+    first = replays(3)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    torch.manual_seed(42)
+    again = replays(3)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_compile_on_cuda_matches_eager_and_reduce_overhead_runs():
+    x = torch.randn(32, 512, device="cuda", requires_grad=True)
+    seeds = torch.randint(-(2**63), 2**63 - 1, (32,), device="cuda")
+
+    def f(t):
+        return seeddrop.dropout(t, 0.3, seed=seeds) * 2 + seeddrop.dropout(t, 0.5, seed=77, shared_dims=(0,))
+
+    compiled = torch.compile(f, fullgraph=True)
+    assert torch.equal(compiled(x), f(x))
+    model, _, xin = _train_step_parts()
+    fast = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    outs = []
+    for _ in range(4):
+        y = fast(xin)
+        y.sum().backward()
+        outs.append((y == 0).clone())
+    assert not torch.equal(outs[-1], outs[-2])

@@ -5,6 +5,7 @@ import math
 import numbers
 import os
 import struct
+import threading
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -96,10 +97,26 @@ class Seed(NamedTuple):
     value: int
 
 
+_HOST_DRAW = threading.local()
+_SEED_LOW, _SEED_HIGH = -(1 << 63), (1 << 63) - 1
+
+
 def draw_seed(device: torch.device) -> Seed:
-    """A fresh 64-bit seed from PyTorch's default generator of `device`, kept on
-    the device (no host sync; advances correctly under CUDA graph capture)."""
-    return Seed(torch.empty((), dtype=torch.int64, device=device).random_(-(1 << 63), None), 0)
+    """A fresh seed in [-2**63, 2**63 - 1) from PyTorch's default generator, so
+    torch.manual_seed makes runs reproducible. Eagerly on CUDA: from the CPU generator into
+    a Python int (no device work, no sync). On CPU, while compiling or while capturing a CUDA
+    graph: `torch.randint` on the tensor's device (CPU draws give the same values as the
+    eager path), so under a graph every replay draws a new seed on the device."""
+    if device.type == "cuda" and not _in_graph():
+        buf = getattr(_HOST_DRAW, "buf", None)
+        if buf is None:
+            buf = _HOST_DRAW.buf = torch.empty((), dtype=torch.int64)
+        return Seed(None, buf.random_(_SEED_LOW, _SEED_HIGH).item())
+    return Seed(torch.randint(_SEED_LOW, _SEED_HIGH, (), dtype=torch.int64, device=device), 0)
+
+
+def _in_graph() -> bool:
+    return torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
 
 
 def resolve_seed(seed, device: torch.device, rows_shape: Optional[tuple]) -> Seed:

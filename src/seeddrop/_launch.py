@@ -18,9 +18,14 @@ except ImportError:  # pragma: no cover
     _knobs = None
 
 
+def _hook_set(hook) -> bool:
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def _hooks_installed() -> bool:
+    """Launch hooks (e.g. a profiler) are installed: use Triton's own launch path."""
     runtime = getattr(_knobs, "runtime", None)
-    return runtime is None or runtime.launch_enter_hook is not None or runtime.launch_exit_hook is not None
+    return runtime is None or _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
 
 
 class FastKernel:

@@ -7,7 +7,7 @@ The only state kept for backward is the seed.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 
@@ -242,9 +242,34 @@ class DropoutFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        seed_tensor = ctx.saved_tensors[0] if ctx.saved_tensors else None
-        seed = Seed(seed_tensor, ctx.seed_value)
+        saved = ctx.saved_tensors
+        seed = Seed(saved[0] if saved else None, ctx.seed_value)
         return apply_dropout(grad, ctx.p, seed, ctx.shared, ctx.per_row), None, None, None, None, None, None
+
+
+@torch.library.custom_op("seeddrop::dropout", mutates_args=())
+def dropout_op(x: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, p: float,
+               shared: List[int], per_row: bool) -> torch.Tensor:
+    """The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction)."""
+    return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row)
+
+
+@dropout_op.register_fake
+def _(x, seed_tensor, seed_value, p, shared, per_row):
+    return torch.empty_like(x)
+
+
+def _dropout_op_setup(ctx, inputs, output):
+    _, seed_tensor, ctx.seed_value, ctx.p, ctx.shared, ctx.per_row = inputs
+    ctx.save_for_backward(seed_tensor)
+
+
+def _dropout_op_backward(ctx, grad):
+    (seed_tensor,) = ctx.saved_tensors
+    return dropout_op(grad, seed_tensor, ctx.seed_value, ctx.p, ctx.shared, ctx.per_row), None, None, None, None, None
+
+
+dropout_op.register_autograd(_dropout_op_backward, setup_context=_dropout_op_setup)
 
 
 # --------------------------------------------------------------------------
@@ -271,6 +296,9 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
     rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() and isinstance(seed, torch.Tensor) else None
     seed = resolve_seed(seed, x.device, rows_shape)
     per_row = seed.tensor is not None and seed.tensor.dim() == 1
+    if torch.compiler.is_compiling():
+        out = dropout_op(x, seed.tensor, seed.value, p, list(shared), per_row)
+        return x.copy_(out) if inplace else out
     if x.requires_grad and torch.is_grad_enabled():
         return DropoutFunction.apply(x, seed.tensor, seed.value, p, shared, per_row, inplace)
     return apply_dropout(x, p, seed, shared, per_row, out=x if inplace else None)
