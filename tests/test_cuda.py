@@ -100,7 +100,7 @@ def _train_step_parts():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(256, 256), seeddrop.Dropout(0.5), torch.nn.ReLU(),
-        seeddrop.VariationalDropout(0.3, shared_dims=(0,)), torch.nn.Linear(256, 256),
+        seeddrop.VariationalDropout(0.3, shared_dims=(0,)), torch.nn.Linear(256, 256), seeddrop.Dropout(0.5),
     ).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(64, 256, device="cuda")
@@ -136,6 +136,7 @@ def test_cuda_graph_training_step_draws_new_masks_and_is_reproducible():
 
     torch.manual_seed(42)
     first = replays(3)
+    assert 0.4 < first[0].float().mean().item() < 0.6  # the last layer is a p=0.5 dropout
     assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
     torch.manual_seed(42)
     again = replays(3)
