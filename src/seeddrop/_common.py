@@ -24,10 +24,9 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def check_p(p, name: str = "p") -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number, but got {type(p).__name__}")
-    p = float(p)
     if not (0.0 <= p <= 1.0):  # NaN fails too
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    return p
+    return float(p)
 
 
 def check_float_tensor(x, name: str = "input") -> None:

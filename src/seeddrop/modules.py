@@ -6,6 +6,8 @@ from torch import nn
 
 from ._common import check_p, normalize_dims
 from .ops.dropout import dropout
+from .ops.dropout_add import check_activation, dropout_add
+from .ops.sparse_jl import fixed_seed, jl_params, sparse_jl
 
 
 class Dropout(nn.Module):
@@ -14,7 +16,8 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        self.p = check_p(p)
+        check_p(p)
+        self.p = p  # kept as given, as torch.nn.Dropout does
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,3 +45,43 @@ class VariationalDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, shared_dims={self.shared_dims}, inplace={self.inplace}"
+
+
+class DropoutAdd(nn.Module):
+    """Fused residual dropout: forward(x, residual, bias=None) = residual + dropout(act(x + bias)).
+    Each training forward draws a fresh seed; eval mode returns residual + act(x + bias)."""
+
+    def __init__(self, p: float = 0.5, activation=None) -> None:
+        super().__init__()
+        self.p = check_p(p)
+        check_activation(activation)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, bias=None) -> torch.Tensor:
+        return dropout_add(x, residual, self.p, self.training, bias=bias, activation=self.activation)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, activation={self.activation!r}"
+
+
+class SparseJL(nn.Module):
+    """Seeded very sparse random projection y = x @ S.T, [..., in_features] -> [..., out_features]
+    (see seeddrop.sparse_jl); S is generated inside the kernel and costs no memory. The seed is
+    fixed at construction (drawn from torch's generator when None) and kept as the int64 buffer
+    `seed`, so a state_dict round trip reproduces the same projection."""
+
+    def __init__(self, in_features: int, out_features: int, density=None, seed=None) -> None:
+        super().__init__()
+        params = jl_params(out_features, in_features, density)
+        self.in_features, self.out_features = params.in_features, params.out_features
+        self.density = density  # as given; None means 1 / sqrt(in_features)
+        self.register_buffer("seed", fixed_seed(seed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and (x.dim() == 0 or x.shape[-1] != self.in_features):
+            raise ValueError(f"SparseJL expects inputs of shape [..., {self.in_features}], but got {tuple(x.shape)}")
+        return sparse_jl(x, self.out_features, self.seed, density=self.density)
+
+    def extra_repr(self) -> str:
+        density = jl_params(self.out_features, self.in_features, self.density).density
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.6g}"

@@ -36,7 +36,9 @@ _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 
 def threshold(p: float) -> int:
     """Keep threshold T = floor(p * 65536 + 0.5): a 16-bit draw u is kept iff u >= T."""
-    return int(math.floor(p * 65536.0 + 0.5))
+    scaled = p * 65536.0  # exact: a power-of-two scaling
+    whole = math.floor(scaled)
+    return int(whole) + (scaled - whole >= 0.5)  # exact, unlike floor(scaled + 0.5) in floats
 
 
 def seed_to_int64(seed: int) -> int:
@@ -87,6 +89,19 @@ if HAS_TRITON:
             return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
         else:
             return y.to(dtype)
+
+    @triton.jit
+    def group_draws_tile(seed, group):
+        """Raw 16-bit draws (int32, 0..65535) of whole 8-element groups.
+
+        seed: int64 scalar or tensor broadcastable to `group`; group: int64 [A, B] group
+        indices. Returns int32 [A, B, 8] where [a, b, l] is the draw u of element
+        8 * group[a, b] + l (spec v1 lanes, placed with joins rather than selects).
+        """
+        w0, w1, w2, w3 = tl.randint4x(seed.to(tl.int64), group, 10)
+        words = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [A, B, 2, 2]: [.., x, y] = w[2x + y]
+        halves = tl.join(words & 0xFFFF, words >> 16)  # [.., x, y, h]: lane 4x + 2y + h
+        return tl.reshape(halves, [group.shape[0], group.shape[1], 8]).to(tl.int32)
 
 
 # --------------------------------------------------------------------------
@@ -158,3 +173,9 @@ def keep_at_indices(seed: torch.Tensor, index: torch.Tensor, p: float) -> torch.
     lane = index & 7
     word = torch.where(lane < 4, torch.where(lane < 2, w0, w1), torch.where(lane < 6, w2, w3))
     return ((word >> ((lane & 1) * 16)) & 0xFFFF) >= threshold(p)
+
+
+def group_draws(seed: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Raw 16-bit draws (int64, 0..65535) of whole 8-element groups: shape
+    broadcast(seed, group) + [8], [..., l] the draw u of element 8 * group + l."""
+    return _lane_draws(group_words(seed, group))

@@ -67,14 +67,19 @@ if stream.HAS_TRITON:
                 seed = tl.load(seed_ptr)
         else:
             seed = seed_value
-        if PER_ROW:
-            group_idx = (index_offset >> 3) + groups[None, :] + tl.zeros([BLOCK_P, 1], tl.int64)
-            keep = stream.group_keep_tile(seed, group_idx, threshold)
-        elif ALIGNED:
-            group_idx = (index_offset >> 3) + rows[:, None] * (Q // 8) + groups[None, :]
+        if ALIGNED:  # whole 8-element groups: one Philox call per 8 elements
+            group_idx = index_offset // 8 + groups[None, :]
+            if PER_ROW:
+                group_idx += tl.zeros([BLOCK_P, 1], tl.int64)
+            else:
+                group_idx += rows[:, None] * (Q // 8)
             keep = stream.group_keep_tile(seed, group_idx, threshold)
         else:
-            keep = stream.keep_at_index(seed, index_offset + r3 * Q + cols, threshold)
+            index = index_offset + cols
+            if PER_ROW:
+                keep = stream.keep_at_index(seed[:, :, None], index + 0 * r3, threshold)
+            else:
+                keep = stream.keep_at_index(seed, index + r3 * Q, threshold)
 
         o_off = r3 * o_sp + cols * o_sq
         if MASK_ONLY:
@@ -103,7 +108,8 @@ class _Config(NamedTuple):
     num_warps: int
 
 
-def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool, index_offset: int) -> _Config:
+def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool, per_row: bool,
+               index_offset: int) -> _Config:
     """Tile shape and grid for a view: tiles of about 8 KiB-16 KiB of input, coalesced along
     whichever of p or q is contiguous in memory, S split so the GPU gets enough programs."""
     elements = (8192 if itemsize <= 2 else 4096 if itemsize == 4 else 2048) if on_cuda else 16384
@@ -114,10 +120,13 @@ def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool
         block_g = min(q_groups, elements // 8)
     block_p = min(next_pow2(view.P), max(1, elements // (8 * block_g)))
     tiles = cdiv(view.P, block_p) * cdiv(view.Q, block_g * 8)
-    s_chunks = 1 if mask_only else min(view.S, max(1, cdiv(8 * sm_count(device), tiles)))
+    if mask_only or not on_cuda:  # the interpreter runs programs one after another
+        s_chunks = 1
+    else:
+        s_chunks = min(view.S, max(1, cdiv(8 * sm_count(device), tiles)))
     s_per_program = cdiv(view.S, s_chunks)
     s_chunks = cdiv(view.S, s_per_program)
-    aligned = index_offset % 8 == 0 and (view.P == 1 or view.Q % 8 == 0)
+    aligned = index_offset % 8 == 0 and (per_row or view.P == 1 or view.Q % 8 == 0)
     num_warps = 4 if block_p * block_g * 8 <= 4096 else 8
     return _Config(view, tiles * s_chunks, s_per_program, (aligned, block_p, block_g), num_warps)
 
@@ -146,7 +155,7 @@ def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: 
         view = plan_view(x.shape, x.stride(), out.stride(), shared, per_row)
         if view is None:
             return False
-        cfg = _configure(view, out.element_size(), out.is_cuda, out.device, mask_only, index_offset)
+        cfg = _configure(view, out.element_size(), out.is_cuda, out.device, mask_only, per_row, index_offset)
         _CONFIGS[key] = cfg
     v = cfg.view
     threshold, scale = _p_constants(p)

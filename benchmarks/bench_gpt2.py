@@ -1,0 +1,127 @@
+"""End-to-end GPT-2-small-shaped training step: nn.Dropout vs seeddrop.
+
+12 layers, d=768, 12 heads, T=1024, batch 8, bf16 weights, AdamW, dropout 0.1 at the usual
+three places (embeddings, attention output before the residual add, MLP output before the
+residual add), attention through SDPA. Variants: native nn.Dropout; the same model after
+seeddrop.replace_dropout; and a variant whose two residual dropouts are
+seeddrop.dropout_add. Each in eager mode and under torch.compile. Reports median step time
+and peak memory.
+
+python benchmarks/bench_gpt2.py --out DIR [--layers 12] [--steps 20] [--no-compile]
+"""
+import argparse
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import seeddrop
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads, p, fused):
+        super().__init__()
+        self.heads, self.fused, self.p = heads, fused, p
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.fc_out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.drop_attn, self.drop_mlp = nn.Dropout(p), nn.Dropout(p)
+
+    def forward(self, h):
+        b, t, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(b, t, 3, self.heads, d // self.heads).transpose(1, 3).unbind(2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        if self.fused:
+            h = seeddrop.dropout_add(F.linear(y, self.proj.weight), h, self.p, self.training, bias=self.proj.bias)
+            m = F.gelu(self.fc(self.ln2(h)), approximate="tanh")
+            return seeddrop.dropout_add(F.linear(m, self.fc_out.weight), h, self.p, self.training, bias=self.fc_out.bias)
+        h = h + self.drop_attn(self.proj(y))
+        return h + self.drop_mlp(self.fc_out(F.gelu(self.fc(self.ln2(h)), approximate="tanh")))
+
+
+class GPT(nn.Module):
+    def __init__(self, layers=12, d=768, heads=12, vocab=50304, ctx=1024, p=0.1, fused=False):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
+        self.drop = nn.Dropout(p)
+        self.blocks = nn.ModuleList(Block(d, heads, p, fused) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx, targets):
+        h = self.drop(self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device)))
+        for block in self.blocks:
+            h = block(h)
+        logits = self.head(self.ln(h))
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def measure(variant, compile_model, args):
+    torch.manual_seed(0)
+    model = GPT(layers=args.layers, fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
+    if variant != "nn.Dropout":
+        seeddrop.replace_dropout(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    idx = torch.randint(0, 50304, (args.batch, 1024), device="cuda")
+    tgt = torch.randint(0, 50304, (args.batch, 1024), device="cuda")
+    fwd = torch.compile(model) if compile_model else model
+
+    def step():
+        loss = fwd(idx, tgt)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        loss = step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    times.sort()
+    del model, opt, fwd
+    torch.cuda.empty_cache()
+    return times[len(times) // 2], peak, loss.item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    variants = ["nn.Dropout", "seeddrop.Dropout"]
+    if hasattr(seeddrop, "dropout_add"):
+        variants.append("seeddrop.dropout_add")
+    lines = [f"GPT-2-small-shaped step ({args.layers} layers, d=768, T=1024, batch {args.batch}, bf16, AdamW), "
+             f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "",
+             "| variant | mode | step ms (median) | peak memory MiB | loss |", "|---|---|---|---|---|"]
+    for compile_model in ([False] if args.no_compile else [False, True]):
+        for variant in variants:
+            t0 = time.time()
+            ms, peak, loss = measure(variant, compile_model, args)
+            mode = "torch.compile" if compile_model else "eager"
+            lines.append(f"| {variant} | {mode} | {ms:.2f} | {peak:.0f} | {loss:.3f} |")
+            print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "gpt2.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
