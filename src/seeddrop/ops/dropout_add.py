@@ -1,0 +1,593 @@
+"""Fused residual dropout: out = residual + dropout(act(x + bias)), forward and backward.
+
+One pass over memory each way: the forward reads x, residual (and bias) and writes out;
+the backward reads grad_out (and x for an activation) and writes grad_x, with the bias
+gradient reduced in the same kernel. The dropout mask is the spec-v1 mask of x's shape
+(docs/mask_stream.md), regenerated from the seed in backward.
+
+Layout: every tensor is handled as a contiguous [R, C] matrix, C = x.shape[-1] (the bias
+dim). Non-contiguous x / residual / grad_out and broadcast residuals are first copied to
+contiguous tensors of x's shape (one extra pass; the fast path is contiguous [R, C]).
+The output is contiguous.
+
+Mask modes (how a tile gets its keep decisions):
+* scalar seed, C % 8 == 0 (or one row): rows start on 8-aligned groups of the flat
+  index, so each tile draws whole groups with ``stream.group_keep_tile``;
+* scalar seed, C % 8 != 0: the forward walks the flat index in 8-aligned groups
+  ("flat" tiles, column = index % C for the bias); a backward that reduces the bias
+  gradient needs row tiles, where rows do not start on a group boundary, so it uses
+  ``stream.keep_at_index`` (one Philox call per element);
+* per-row seeds (shape mask_shape[:-1]): row r uses seed[r], index = column;
+* shared_dims: the small reduced mask (mask_shape) is materialized with
+  ``dropout_mask_tensor`` (int8) and read through per-row offsets into it (an int64
+  vector of R entries) and a column stride (0 when the last dim is shared).
+
+Arithmetic: fp32, or fp64 when the output (promote_types(x, residual)) is float64; bias
+(any float dtype) is converted to that type. z = x + bias, a = act(z), out = residual +
+a * m with m = 1/(1-p) or 0, rounded once. Kernels compile with fp fusion off, so
+a * m is rounded before the add, exactly as residual + dropout(a) in fp32.
+
+Backward: saves the seed, plus x and bias when an activation is set (act'(x + bias));
+with activation None nothing of x's size. One kernel writes grad_x = grad_out * m *
+act'(z) and, when bias needs a gradient, the column sums of each program's rows (in the
+compute type, before rounding) into an [n_chunks, C] workspace; torch sums its rows.
+No atomics: the result is the same on every run. grad_residual is grad_out itself
+(summed to the residual's shape when it was broadcast).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import stream
+from .._common import (
+    Seed,
+    cdiv,
+    check_float_tensor,
+    check_p,
+    compute_dtype,
+    mask_shape_of,
+    next_pow2,
+    normalize_dims,
+    resolve_seed,
+    scale_bits,
+    sm_count,
+    use_triton,
+)
+from .._launch import FastKernel
+from .dropout import dropout_mask_tensor, dropout_reference
+
+ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")  # kernel ACT code = position
+
+# Mask modes of the kernels.
+MASK_NONE, MASK_ALIGNED, MASK_PER_ROW, MASK_UNALIGNED, MASK_FROM_PTR = range(5)
+
+# Tile size (elements) on CPU, i.e. in Triton's interpreter: few, large programs.
+# Tests lower it to exercise multi-tile loops.
+CPU_TILE_ELEMENTS = 16384
+
+if stream.HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _const(like, value: tl.constexpr):
+        """`value` in like's dtype and shape (a float literal would be rounded to fp32)."""
+        return tl.full(like.shape, value, like.dtype)
+
+    @triton.jit
+    def _sigmoid(z):
+        return 1.0 / (1.0 + tl.exp(-z))
+
+    @triton.jit
+    def _activation(z, ACT: tl.constexpr):
+        """act(z) with torch's formulas; gelu_tanh uses 0.5 * (1 + tanh(u)) = sigmoid(2u)."""
+        if ACT == 1:  # relu (NaN passes through, as in torch)
+            y = tl.where(z < 0, 0.0, z)
+        elif ACT == 2:  # gelu (erf)
+            y = z * 0.5 * (1.0 + tl.erf(z * _const(z, 0.7071067811865476)))
+        elif ACT == 3:  # gelu_tanh
+            u = _const(z, 0.7978845608028654) * (z + _const(z, 0.044715) * z * z * z)
+            y = z * _sigmoid(2.0 * u)
+        elif ACT == 4:  # silu
+            y = z / (1.0 + tl.exp(-z))
+        else:
+            y = z
+        return y
+
+    @triton.jit
+    def _activation_grad(g, z, ACT: tl.constexpr):
+        """g * act'(z) (torch's backward formulas)."""
+        if ACT == 1:
+            gz = tl.where(z > 0, g, 0.0)
+        elif ACT == 2:
+            cdf = 0.5 * (1.0 + tl.erf(z * _const(z, 0.7071067811865476)))
+            pdf = tl.exp(-0.5 * z * z) * _const(z, 0.3989422804014327)
+            gz = g * (cdf + z * pdf)
+        elif ACT == 3:
+            k = _const(z, 0.7978845608028654)
+            c = _const(z, 0.044715)
+            s = _sigmoid(2.0 * k * (z + c * z * z * z))  # 0.5 * (1 + tanh(u))
+            gz = g * (s + 2.0 * z * s * (1.0 - s) * k * (1.0 + 3.0 * c * z * z))
+        elif ACT == 4:
+            s = _sigmoid(z)
+            gz = g * (s * (1.0 + z * (1.0 - s)))
+        else:
+            gz = g
+        return gz
+
+    @triton.jit
+    def _tile(tile_r, tile_c, R, C, N, FLAT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+        """Coordinates of one [BLOCK_R, BLOCK_G, 8] tile.
+
+        Row tiles: rows tile_r * BLOCK_R.., columns (tile_c * BLOCK_G..) * 8 + lane of the
+        [R, C] matrix. Flat tiles (tile_c == 0): the flat index viewed as rows of
+        BLOCK_G * 8 elements. Returns rows [A], group columns [G], offsets [A, G, 8],
+        in-bounds [A, G, 8], bias column ([1, G, 8] or [A, G, 8]) and the flat group
+        index [A, G] (meaningful where groups are 8-aligned).
+        """
+        rows = tile_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        gcols = tile_c * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)
+        cols = gcols[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+        if FLAT:
+            off = rows[:, None, None] * (BLOCK_G * 8) + cols
+            valid = off < N
+            col = off % C
+            groups = rows[:, None] * BLOCK_G + gcols[None, :]
+        else:
+            off = rows[:, None, None] * C + cols
+            valid = (rows[:, None, None] < R) & (cols < C)
+            col = cols
+            groups = rows[:, None] * (C // 8) + gcols[None, :]
+        return rows, gcols, off, valid, col, groups
+
+    @triton.jit
+    def _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr, mask_row_ptr,
+                    mask_col_stride, threshold, scale_bits, like, MASK: tl.constexpr, SEED_FROM_PTR: tl.constexpr):
+        """Dropout multiplier of the tile: 1/(1-p) where kept, 0 where dropped (like's dtype)."""
+        if MASK == 4:  # MASK_FROM_PTR: the materialized reduced mask
+            base = tl.load(mask_row_ptr + rows, mask=rows < R, other=0)
+            keep = tl.load(mask_ptr + base[:, None, None] + col * mask_col_stride, mask=valid, other=0) != 0
+        elif MASK == 2:  # MASK_PER_ROW: key seed[row], index = column
+            seed = tl.load(seed_ptr + rows, mask=rows < R, other=0)[:, None]
+            keep = stream.group_keep_tile(seed, gcols[None, :] + tl.zeros_like(seed), threshold)
+        else:
+            if SEED_FROM_PTR:
+                seed = tl.load(seed_ptr)
+            else:
+                seed = seed_value
+            if MASK == 1:  # MASK_ALIGNED
+                keep = stream.group_keep_tile(seed, groups, threshold)
+            else:  # MASK_UNALIGNED
+                keep = stream.keep_at_index(seed, off, threshold)
+        scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(like.dtype)
+        return tl.where(keep, scale, 0.0).to(like.dtype)
+
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    def _dropout_add_fwd_kernel(
+        x_ptr, res_ptr, bias_ptr, out_ptr, seed_ptr, seed_value, mask_ptr, mask_row_ptr, mask_col_stride,
+        R, C, N, threshold, scale_bits,
+        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, MASK: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
+        FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):
+        """out = residual + act(x + bias) * multiplier over one tile, computed in CDT, rounded once."""
+        pid = tl.program_id(0).to(tl.int64)
+        if FLAT:
+            n_c = 1
+        else:
+            n_c = tl.cdiv(C, BLOCK_G * 8)
+        rows, gcols, off, valid, col, groups = _tile(pid // n_c, pid % n_c, R, C, N, FLAT, BLOCK_R, BLOCK_G)
+        z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
+        a = _activation(z, ACT)
+        if MASK != 0:
+            a = a * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
+                                mask_row_ptr, mask_col_stride, threshold, scale_bits, a, MASK, SEED_FROM_PTR)
+        y = tl.load(res_ptr + off, mask=valid, other=0.0).to(CDT) + a
+        tl.store(out_ptr + off, stream.round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
+
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    def _dropout_add_bwd_kernel(
+        g_ptr, x_ptr, bias_ptr, gx_ptr, partial_ptr, seed_ptr, seed_value, mask_ptr, mask_row_ptr, mask_col_stride,
+        R, C, N, tiles_per_program, threshold, scale_bits,
+        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, REDUCE_BIAS: tl.constexpr, MASK: tl.constexpr,
+        SEED_FROM_PTR: tl.constexpr, FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):
+        """grad_x = grad_out * multiplier * act'(x + bias) over `tiles_per_program` row tiles of
+        one column block; REDUCE_BIAS: this program's column sums of grad_x (in CDT, before
+        rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics)."""
+        pid = tl.program_id(0).to(tl.int64)
+        if FLAT:
+            n_c = 1
+            n_r = tl.cdiv(N, BLOCK_R * BLOCK_G * 8)
+        else:
+            n_c = tl.cdiv(C, BLOCK_G * 8)
+            n_r = tl.cdiv(R, BLOCK_R)
+        tile_c = pid % n_c
+        chunk = pid // n_c
+        t = chunk * tiles_per_program
+        t_end = tl.minimum(t + tiles_per_program, n_r)
+        acc = tl.zeros([BLOCK_G, 8], CDT)
+        while t < t_end:  # a while loop: Triton's interpreter cannot range() over an argument
+            rows, gcols, off, valid, col, groups = _tile(t, tile_c, R, C, N, FLAT, BLOCK_R, BLOCK_G)
+            g = tl.load(g_ptr + off, mask=valid, other=0.0).to(CDT)
+            if MASK != 0:
+                g = g * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
+                                    mask_row_ptr, mask_col_stride, threshold, scale_bits, g, MASK, SEED_FROM_PTR)
+            if ACT != 0:
+                z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
+                if HAS_BIAS:
+                    z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
+                g = _activation_grad(g, z, ACT)
+            tl.store(gx_ptr + off, stream.round_to(g, gx_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
+            if REDUCE_BIAS:
+                acc += tl.sum(tl.where(valid, g, 0.0), axis=0)
+            t += 1
+        if REDUCE_BIAS:
+            cols = (tile_c * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64))[:, None] * 8 + tl.arange(0, 8)[None, :]
+            tl.store(partial_ptr + chunk * C + cols, acc, mask=cols < C)
+
+
+# --------------------------------------------------------------------------
+# plans + launchers
+# --------------------------------------------------------------------------
+class Config(NamedTuple):
+    """Everything about a call except tensors: p, whether a mask is applied (training and
+    p > 0), shared dims, per-row seeds, activation code (index into ACTIVATIONS)."""
+
+    p: float
+    masked: bool
+    shared: tuple
+    per_row: bool
+    act: int
+
+
+class _Plan(NamedTuple):
+    """Launch plan of one kernel for one shape: mask mode, flat or row tiles, tile shape,
+    grid, row tiles per program and bias-workspace rows (backward)."""
+
+    R: int
+    C: int
+    mode: int
+    flat: bool
+    block_r: int
+    block_g: int
+    grid: int
+    tiles_per_program: int
+    n_chunks: int
+    num_warps: int
+
+
+def _rows_cols(shape) -> tuple:
+    cols = shape[-1] if len(shape) else 1
+    return (math.prod(shape) // cols if cols else 0), cols
+
+
+def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_bias: bool) -> _Plan:
+    R, C = _rows_cols(shape)
+    if not cfg.masked:
+        mode = MASK_NONE
+    elif cfg.shared:
+        mode = MASK_FROM_PTR
+    elif cfg.per_row:
+        mode = MASK_PER_ROW
+    elif C % 8 == 0 or R == 1:
+        mode = MASK_ALIGNED
+    else:  # rows do not start on 8-aligned groups: flat tiles, unless row tiles are needed
+        mode = MASK_UNALIGNED if reduce_bias else MASK_ALIGNED
+    flat = mode == MASK_ALIGNED and C % 8 != 0 and R > 1
+    elements = (8192 if itemsize <= 2 else 4096 if itemsize == 4 else 2048) if on_cuda else CPU_TILE_ELEMENTS
+    # Row tiles as wide as possible (the backward's bias reduction: at most 512 columns, so
+    # that a program walks many rows of a narrow column block); flat tiles are one row.
+    q = R * C if flat else min(C, 512) if reduce_bias else C
+    block_g = min(next_pow2(cdiv(q, 8)), elements // 8)
+    block_r = 1 if flat else min(next_pow2(R), max(1, elements // (8 * block_g)))
+    n_c = 1 if flat else cdiv(C, 8 * block_g)
+    n_r = cdiv(R * C, 8 * block_g) if flat else cdiv(R, block_r)
+    tiles_per_program = 1
+    if reduce_bias:
+        # A chunk of row tiles per program: the [n_chunks, C] workspace stays small while
+        # enough programs run to fill the GPU (the interpreter: two chunks).
+        target = 8 * sm_count(device) if on_cuda else 2 * n_c
+        tiles_per_program = cdiv(n_r, max(1, min(n_r, cdiv(target, n_c))))
+    n_chunks = cdiv(n_r, tiles_per_program)
+    num_warps = 4 if block_r * block_g * 8 <= 4096 else 8
+    return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps)
+
+
+_PLANS: dict = {}
+
+
+def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:
+    key = (shape, t.device, t.element_size(), cfg.masked, bool(cfg.shared), cfg.per_row, reduce_bias)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _make_plan(shape, t.is_cuda, t.device, t.element_size(), cfg, reduce_bias)
+    return plan
+
+
+def _mask_args(plan: _Plan, shape, seed: Optional[Seed], cfg: Config, device) -> tuple:
+    """(seed tensor, seed value, int8 mask, int64 row offsets into it, its column stride)."""
+    if plan.mode == MASK_NONE:
+        return None, 0, None, None, 0
+    if plan.mode != MASK_FROM_PTR:
+        return seed.tensor, seed.value, None, None, 0
+    mask_shape = mask_shape_of(shape, cfg.shared)
+    mask = dropout_mask_tensor(mask_shape, cfg.p, seed, cfg.per_row, device).view(torch.int8)
+    index = torch.arange(mask.numel(), device=device, dtype=torch.int64).view(mask_shape).expand(shape)
+    row_offsets = (index[..., :1] if len(shape) else index).reshape(-1).contiguous()  # R entries
+    col_stride = 0 if len(shape) - 1 in cfg.shared else 1
+    return None, 0, mask, row_offsets, col_stride
+
+
+@functools.lru_cache(maxsize=256)
+def _p_constants(p: float) -> tuple:
+    return stream.threshold(p), scale_bits(p)
+
+
+def _i32(v: int) -> bool:
+    """Triton types an int argument i32 or i64 by its value: part of every kernel key."""
+    return -(1 << 31) <= v < (1 << 31)
+
+
+class _Kernel(FastKernel):
+    """FastKernel compiling with fp fusion off: a * m + r must round the product first
+    (spec v1), not contract to an fma."""
+
+    def _jit_launch(self, grid, args, num_warps):
+        return self.fn[(grid,)](**dict(zip(self.names, args)), num_warps=num_warps, enable_fp_fusion=False)
+
+
+_FWD = _Kernel(_dropout_add_fwd_kernel) if stream.HAS_TRITON else None
+_BWD = _Kernel(_dropout_add_bwd_kernel) if stream.HAS_TRITON else None
+
+
+def _cdt(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+                   seed: Optional[Seed], cfg: Config) -> None:
+    """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
+    shape = x.shape
+    plan = _plan(shape, out, cfg, False)
+    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device)
+    threshold, scale = _p_constants(cfg.p)
+    key = (shape, x.dtype, residual.dtype, out.dtype, None if bias is None else bias.dtype, cfg.act, plan.mode,
+           seed_t is not None, _i32(seed_v), _i32(scale), col_stride, x.device)
+    args = (x, residual, bias, out, seed_t, seed_v, mask, row_off, col_stride,
+            plan.R, plan.C, plan.R * plan.C, threshold, scale,
+            cfg.act, bias is not None, plan.mode, seed_t is not None, plan.flat, _cdt(out.dtype),
+            not out.is_cuda, plan.block_r, plan.block_g)
+    _FWD.launch(key, plan.grid, args, plan.num_warps, (x, residual, bias, out, seed_t, mask, row_off))
+
+
+def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """The bias-gradient workspace (every entry is written by the kernel; tests poison it)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                    grad_x: torch.Tensor, seed: Optional[Seed], cfg: Config,
+                    reduce_bias: bool) -> Optional[torch.Tensor]:
+    """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
+    Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
+    shape = grad.shape
+    plan = _plan(shape, grad, cfg, reduce_bias)
+    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, grad.device)
+    threshold, scale = _p_constants(cfg.p)
+    partial = None
+    if reduce_bias:
+        partial = empty_workspace((plan.n_chunks, plan.C), compute_dtype(grad.dtype), grad.device)
+    if cfg.act == 0:
+        x = bias = None  # act'(z) = 1: x + bias is not read
+    key = (shape, grad.dtype, None if x is None else x.dtype, grad_x.dtype, None if bias is None else bias.dtype,
+           cfg.act, reduce_bias, plan.mode, seed_t is not None, _i32(seed_v), _i32(scale), col_stride, grad.device)
+    args = (grad, x, bias, grad_x, partial, seed_t, seed_v, mask, row_off, col_stride,
+            plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, scale,
+            cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
+            _cdt(grad.dtype), not grad.is_cuda, plan.block_r, plan.block_g)
+    _BWD.launch(key, plan.grid, args, plan.num_warps, (grad, x, bias, grad_x, partial, seed_t, mask, row_off))
+    return partial
+
+
+# --------------------------------------------------------------------------
+# PyTorch reference
+# --------------------------------------------------------------------------
+TORCH_ACTIVATIONS = {  # the activations by name, as torch computes them
+    None: lambda z: z,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "silu": F.silu,
+}
+
+_TORCH_ACTIVATION_GRADS = {
+    1: lambda g, z: torch.ops.aten.threshold_backward(g, z, 0),
+    2: lambda g, z: torch.ops.aten.gelu_backward(g, z, approximate="none"),
+    3: lambda g, z: torch.ops.aten.gelu_backward(g, z, approximate="tanh"),
+    4: lambda g, z: torch.ops.aten.silu_backward(g, z),
+}
+
+
+def _pre_activation(x: torch.Tensor, bias: Optional[torch.Tensor], cdt: torch.dtype) -> torch.Tensor:
+    z = x.to(cdt)
+    return z + bias.to(cdt) if bias is not None else z
+
+
+def dropout_add_reference(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
+                          seed: Optional[Seed], cfg: Config, out_dtype: torch.dtype) -> torch.Tensor:
+    """residual + dropout(act(x + bias)) with PyTorch ops, in fp32 (fp64 when out_dtype is
+    float64), rounded once to out_dtype."""
+    cdt = compute_dtype(out_dtype)
+    a = _pre_activation(x, bias, cdt)
+    if cfg.act:
+        a = TORCH_ACTIVATIONS[ACTIVATIONS[cfg.act]](a)
+    if cfg.masked:
+        a = dropout_reference(a, cfg.p, seed, cfg.shared, cfg.per_row)
+    return (residual.to(cdt) + a).to(out_dtype)
+
+
+def dropout_add_backward_reference(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                                   seed: Optional[Seed], cfg: Config, x_dtype: torch.dtype,
+                                   reduce_bias: bool) -> tuple:
+    """(grad_x in x_dtype, bias-gradient column sums in the compute dtype or None)."""
+    cdt = compute_dtype(grad.dtype)
+    gz = grad.to(cdt)
+    if cfg.masked:
+        gz = dropout_reference(gz, cfg.p, seed, cfg.shared, cfg.per_row)
+    if cfg.act:
+        gz = _TORCH_ACTIVATION_GRADS[cfg.act](gz, _pre_activation(x, bias, cdt))
+    partial = gz.reshape(-1, gz.shape[-1]).sum(0) if reduce_bias else None
+    return gz.to(x_dtype), partial
+
+
+# --------------------------------------------------------------------------
+# dispatch + autograd
+# --------------------------------------------------------------------------
+def apply_dropout_add(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
+                      seed: Optional[Seed], cfg: Config, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Forward of a validated call. residual broadcasts to x's shape; out (default: a new
+    contiguous tensor of x's shape and the promoted dtype) must be contiguous."""
+    out_dtype = torch.promote_types(x.dtype, residual.dtype)
+    if out is None:
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if x.numel() == 0:
+        return out
+    if not use_triton(x):
+        return out.copy_(dropout_add_reference(x, residual, bias, seed, cfg, out_dtype))
+    residual = residual.expand(x.shape).contiguous()
+    launch_forward(x.contiguous(), residual, bias.contiguous() if bias is not None else None, out, seed, cfg)
+    return out
+
+
+def apply_dropout_add_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                               seed: Optional[Seed], cfg: Config, x_dtype: torch.dtype, reduce_bias: bool,
+                               grad_x: Optional[torch.Tensor] = None) -> tuple:
+    """(grad_x, bias-gradient column sums in the compute dtype or None) for grad_out `grad`.
+    x and bias are needed only when cfg.act is set; grad_x (if given) must be contiguous."""
+    if grad_x is None:
+        grad_x = torch.empty(grad.shape, dtype=x_dtype, device=grad.device)
+    C = grad.shape[-1] if grad.dim() else 1
+    if grad.numel() == 0:
+        return grad_x, (torch.zeros(C, dtype=compute_dtype(grad.dtype), device=grad.device)
+                        if reduce_bias else None)
+    if not use_triton(grad):
+        gx, bias_sum = dropout_add_backward_reference(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
+        return grad_x.copy_(gx), bias_sum
+    partial = launch_backward(grad.contiguous(), x.contiguous() if x is not None else None,
+                              bias.contiguous() if bias is not None else None, grad_x, seed, cfg, reduce_bias)
+    return grad_x, partial.sum(0) if reduce_bias else None  # fixed-order reduction of the chunks
+
+
+class DropoutAddFunction(torch.autograd.Function):
+    """Autograd for dropout_add. Saved for backward: the seed (an int, or the seed tensor),
+    plus x and bias only when an activation is set (its derivative needs x + bias); with
+    activation None nothing of x's size is kept. The mask is regenerated from the seed."""
+
+    @staticmethod
+    def forward(ctx, x, residual, bias, seed_tensor, seed_value, cfg):
+        seed = Seed(seed_tensor, seed_value) if cfg.masked else None
+        out = apply_dropout_add(x, residual, bias, seed, cfg)
+        keep_inputs = cfg.act != 0
+        ctx.save_for_backward(seed_tensor, x if keep_inputs else None, bias if keep_inputs else None)
+        ctx.seed_value, ctx.cfg = seed_value, cfg
+        ctx.x_dtype, ctx.residual_dtype, ctx.residual_shape = x.dtype, residual.dtype, residual.shape
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        seed_tensor, x, bias = ctx.saved_tensors
+        cfg = ctx.cfg
+        need_x, need_residual, need_bias = ctx.needs_input_grad[:3]
+        grad_x = grad_residual = grad_bias = None
+        if need_x or need_bias:
+            seed = Seed(seed_tensor, ctx.seed_value) if cfg.masked else None
+            grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, ctx.x_dtype, need_bias)
+            if need_bias:
+                grad_bias = bias_sum.to(ctx.bias_dtype)
+        if need_residual:
+            grad_residual = grad.to(ctx.residual_dtype)
+            if grad_residual.shape != ctx.residual_shape:
+                grad_residual = grad_residual.sum_to_size(ctx.residual_shape)
+        return grad_x, grad_residual, grad_bias, None, None, None
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def check_activation(activation) -> int:
+    """The kernel code of `activation` (None, "relu", "gelu", "gelu_tanh" or "silu")."""
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation must be None or a str, but got {type(activation).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, but got {activation!r}")
+    return ACTIVATIONS.index(activation)
+
+
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def _check_operands(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    check_float_tensor(x, "x")
+    check_float_tensor(residual, "residual")
+    if residual.device != x.device:
+        raise ValueError(f"residual must be on x's device {x.device}, but is on {residual.device}")
+    if residual.shape != x.shape and not _broadcasts_to(residual.shape, x.shape):
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)} or broadcast to it, "
+                         f"but got shape {tuple(residual.shape)}")
+    if bias is not None:
+        check_float_tensor(bias, "bias")
+        if bias.device != x.device:
+            raise ValueError(f"bias must be on x's device {x.device}, but is on {bias.device}")
+        if x.dim() == 0 or tuple(bias.shape) != (x.shape[-1],):
+            expected = f"[{x.shape[-1]}]" if x.dim() else "[x.shape[-1]] (x is 0-d, so no bias is possible)"
+            raise ValueError(f"bias must have shape {expected}, but got shape {tuple(bias.shape)}")
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, training: bool = True, *,
+                bias: Optional[torch.Tensor] = None, activation: Optional[str] = None, seed=None,
+                shared_dims=()) -> torch.Tensor:
+    """residual + dropout(act(x + bias), p), fused into one kernel (forward and backward).
+
+    x: float tensor of any shape; residual: float tensor of x's shape (or broadcasting to
+    it); bias: None or shape [x.shape[-1]], any float dtype; activation: None, "relu",
+    "gelu" (erf), "gelu_tanh" or "silu" (torch's formulas). The mask is the spec-v1 mask
+    of x's shape for `seed` and `shared_dims`, exactly as `seeddrop.dropout` applies it
+    (seed: int, one-value integer tensor, per-row integer tensor of shape
+    mask_shape[:-1], or None = drawn from torch's generator). training=False or p=0:
+    residual + act(x + bias), still fused.
+
+    Output: contiguous, x's shape, dtype torch.promote_types(x.dtype, residual.dtype);
+    computed in fp32 (fp64 when that dtype is float64), kept values multiplied by
+    1/(1-p) in that precision, rounded once. Backward saves the seed, plus x and bias
+    when an activation is set.
+    """
+    p = check_p(p)
+    act = check_activation(activation)
+    _check_operands(x, residual, bias)
+    shared = normalize_dims(shared_dims, x.dim()) if shared_dims else ()
+    masked = bool(training) and p > 0.0
+    if masked:
+        rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() and isinstance(seed, torch.Tensor) else None
+        seed = resolve_seed(seed, x.device, rows_shape)
+        per_row = seed.tensor is not None and seed.tensor.dim() == 1
+    else:
+        seed, per_row = Seed(None, 0), False
+    cfg = Config(p, masked, shared, per_row, act)
+    needs_grad = x.requires_grad or residual.requires_grad or (bias is not None and bias.requires_grad)
+    if needs_grad and torch.is_grad_enabled():
+        return DropoutAddFunction.apply(x, residual, bias, seed.tensor, seed.value, cfg)
+    return apply_dropout_add(x, residual, bias, seed if masked else None, cfg)
