@@ -142,3 +142,26 @@ def test_replace_dropout_channel_and_training_flag():
     assert torch.equal((y == 0), zero_channels[..., None, None].expand_as(y))
     with pytest.raises(TypeError):
         seeddrop.replace_dropout("not a module")
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_compile_dropout_add_module_matches_eager(activation):
+    torch.manual_seed(0)
+    block = seeddrop.DropoutAdd(0.3, activation=activation)
+    x = torch.randn(6, 24, requires_grad=True)
+    residual = torch.randn(6, 24, requires_grad=True)
+    bias = torch.randn(24, requires_grad=True)
+
+    def f(x, residual, bias):
+        return block(x, residual, bias)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(3)
+    y_eager = f(x, residual, bias)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), (x, residual, bias))
+    torch.manual_seed(3)
+    y_comp = compiled(x, residual, bias)
+    grads_comp = torch.autograd.grad(y_comp.square().sum(), (x, residual, bias))
+    assert torch.equal(y_eager, y_comp)
+    for a, b in zip(grads_eager, grads_comp):
+        assert torch.equal(a, b)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -521,6 +521,62 @@ class DropoutAddFunction(torch.autograd.Function):
         return grad_x, grad_residual, grad_bias, None, None, None
 
 
+# torch.compile sees these ops (eager calls skip the dispatcher and use DropoutAddFunction).
+@torch.library.custom_op("seeddrop::dropout_add", mutates_args=())
+def dropout_add_op(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
+                   seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
+                   shared: List[int], per_row: bool, act: int) -> torch.Tensor:
+    cfg = Config(p, masked, tuple(shared), per_row, act)
+    return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg)
+
+
+@dropout_add_op.register_fake
+def _(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
+    return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
+
+
+@torch.library.custom_op("seeddrop::dropout_add_backward", mutates_args=())
+def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                            seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
+                            shared: List[int], per_row: bool, act: int, x_dtype: torch.dtype,
+                            reduce_bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
+    cfg = Config(p, masked, tuple(shared), per_row, act)
+    seed = Seed(seed_tensor, seed_value) if masked else None
+    grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
+    return grad_x, bias_sum if reduce_bias else grad.new_empty(0, dtype=compute_dtype(grad.dtype))
+
+
+@dropout_add_backward_op.register_fake
+def _(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act, x_dtype, reduce_bias):
+    columns = (grad.shape[-1] if grad.dim() else 1) if reduce_bias else 0
+    return grad.new_empty(grad.shape, dtype=x_dtype), grad.new_empty(columns, dtype=compute_dtype(grad.dtype))
+
+
+def _dropout_add_op_setup(ctx, inputs, output):
+    x, residual, bias, seed_tensor, *ctx.op_args = inputs
+    keep_inputs = ctx.op_args[-1] != 0  # act
+    ctx.save_for_backward(seed_tensor, x if keep_inputs else None, bias if keep_inputs else None)
+    ctx.x_dtype, ctx.residual_dtype, ctx.residual_shape = x.dtype, residual.dtype, residual.shape
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _dropout_add_op_backward(ctx, grad):
+    seed_tensor, x, bias = ctx.saved_tensors
+    need_x, need_residual, need_bias = ctx.needs_input_grad[:3]
+    grad_x = grad_residual = grad_bias = None
+    if need_x or need_bias:
+        grad_x, bias_sum = dropout_add_backward_op(grad, x, bias, seed_tensor, *ctx.op_args, ctx.x_dtype, need_bias)
+        if need_bias:
+            grad_bias = bias_sum.to(ctx.bias_dtype)
+    if need_residual:
+        grad_residual = grad.to(ctx.residual_dtype).sum_to_size(ctx.residual_shape)
+    return (grad_x, grad_residual, grad_bias) + (None,) * 7
+
+
+dropout_add_op.register_autograd(_dropout_add_op_backward, setup_context=_dropout_add_op_setup)
+
+
 # --------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------
@@ -587,6 +643,8 @@ def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, trainin
     else:
         seed, per_row = Seed(None, 0), False
     cfg = Config(p, masked, shared, per_row, act)
+    if torch.compiler.is_compiling():
+        return dropout_add_op(x, residual, bias, seed.tensor, seed.value, p, masked, list(shared), per_row, act)
     needs_grad = x.requires_grad or residual.requires_grad or (bias is not None and bias.requires_grad)
     if needs_grad and torch.is_grad_enabled():
         return DropoutAddFunction.apply(x, residual, bias, seed.tensor, seed.value, cfg)
