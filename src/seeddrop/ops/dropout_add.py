@@ -214,7 +214,7 @@ if stream.HAS_TRITON:
         chunk = pid // n_c
         t = chunk * tiles_per_program
         t_end = tl.minimum(t + tiles_per_program, n_r)
-        acc = tl.zeros([BLOCK_G, 8], CDT)
+        acc = tl.zeros([BLOCK_R, BLOCK_G, 8], CDT)  # reduced over rows once, after the loop
         while t < t_end:  # a while loop: Triton's interpreter cannot range() over an argument
             rows, gcols, off, valid, col, groups = _tile(t, tile_c, R, C, N, FLAT, BLOCK_R, BLOCK_G)
             g = tl.load(g_ptr + off, mask=valid, other=0.0).to(CDT)
@@ -228,11 +228,11 @@ if stream.HAS_TRITON:
                 g = _activation_grad(g, z, ACT)
             tl.store(gx_ptr + off, stream.round_to(g, gx_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
             if REDUCE_BIAS:
-                acc += tl.sum(tl.where(valid, g, 0.0), axis=0)
+                acc += tl.where(valid, g, 0.0)
             t += 1
         if REDUCE_BIAS:
             cols = (tile_c * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64))[:, None] * 8 + tl.arange(0, 8)[None, :]
-            tl.store(partial_ptr + chunk * C + cols, acc, mask=cols < C)
+            tl.store(partial_ptr + chunk * C + cols, tl.sum(acc, axis=0), mask=cols < C)
 
 
 # --------------------------------------------------------------------------
