@@ -156,7 +156,8 @@ def test_compile_on_cuda_matches_eager_and_reduce_overhead_runs():
     fast = torch.compile(model, mode="reduce-overhead", fullgraph=True)
     outs = []
     for _ in range(4):
+        torch.compiler.cudagraph_mark_step_begin()
         y = fast(xin)
-        y.sum().backward()
         outs.append((y == 0).clone())
+        y.sum().backward()
     assert not torch.equal(outs[-1], outs[-2])

@@ -283,7 +283,11 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
     else:  # rows do not start on 8-aligned groups: flat tiles, unless row tiles are needed
         mode = MASK_UNALIGNED if reduce_bias else MASK_ALIGNED
     flat = mode == MASK_ALIGNED and C % 8 != 0 and R > 1
-    elements = (8192 if itemsize <= 2 else 4096 if itemsize == 4 else 2048) if on_cuda else CPU_TILE_ELEMENTS
+    if on_cuda:  # smaller tiles where more values are live per element (no register spills)
+        heavy = reduce_bias or cfg.act != 0
+        elements = GPU_TILE_BYTES[heavy] // max(2, itemsize)
+    else:
+        elements = CPU_TILE_ELEMENTS
     # Row tiles as wide as possible (the backward's bias reduction: at most 512 columns, so
     # that a program walks many rows of a narrow column block); flat tiles are one row.
     q = R * C if flat else min(C, 512) if reduce_bias else C
@@ -303,6 +307,7 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
 
 
 _PLANS: dict = {}
+GPU_TILE_BYTES = {False: 16384, True: 16384}  # tile bytes of x: plain / with activation or bias reduction
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:

@@ -1,0 +1,498 @@
+"""Seeded sparse Johnson-Lindenstrauss projection y = x @ S.T, S generated inside the kernel.
+
+S (k x d) is the very sparse random projection of Li, Hastie and Church (2006) in
+scikit-learn's SparseRandomProjection convention. Entry (j, c) is a pure function of
+(seed, j, c), the threshold T and k (docs/sparse_jl.md):
+
+* u = spec v1's 16-bit draw at logical index i = j * 2**32 + c under the seed
+  (Philox group q = j * 2**29 + (c >> 3), lane c & 7: stream.group_draws[_tile]);
+* S[j, c] = 0 if u >= T, else +scale for even u and -scale for odd u, where
+  T = 2 * max(1, floor(density * 32768 + 1/2)) (even, so the signs are exactly balanced),
+  the effective density is rho = T / 65536 and scale = sqrt(1 / (rho * k)).
+
+S never exists in device memory: the kernels regenerate tiles of sign(S) (+1 / -1 / 0,
+exact in every dtype) in registers and feed them to tl.dot; the scale multiplies the
+fp32 (fp64) accumulator once. Saved for backward: the seed only.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import struct
+from typing import NamedTuple, Optional
+
+import torch
+
+from .. import stream
+from .._common import (
+    FLOAT_DTYPES,
+    Seed,
+    check_float_tensor,
+    compute_dtype,
+    draw_seed,
+    resolve_seed,
+    seed_as_tensor,
+    sm_count,
+    use_triton,
+)
+
+ROW_SHIFT = 32  # entry (j, c) has logical stream index (j << ROW_SHIFT) + c
+MAX_IN_FEATURES = 1 << ROW_SHIFT
+MAX_OUT_FEATURES = (1 << 31) - 1
+_DENSITY_STEPS = 32768  # density resolution: T / 2 = round(density * 32768)
+_REF_CHUNK = 1 << 21  # entries of S per chunk in the PyTorch reference
+
+
+class JLParams(NamedTuple):
+    """A validated projection: S is out_features x in_features; entry nonzero iff u < threshold."""
+
+    out_features: int
+    in_features: int
+    threshold: int  # even, in [2, 65536]
+    density: float  # effective density threshold / 65536
+    scale: float  # sqrt(1 / (density * out_features)), float64
+
+
+def jl_params(out_features, in_features, density=None) -> JLParams:
+    """Validate the projection's arguments and resolve density to the stream's threshold."""
+    for name, value, hi in (("out_features", out_features, MAX_OUT_FEATURES),
+                            ("in_features", in_features, MAX_IN_FEATURES)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, but got {type(value).__name__}")
+        if not 1 <= value <= hi:
+            raise ValueError(f"{name} must lie in [1, {hi}], but got {value}")
+    k, d = int(out_features), int(in_features)
+    if density is None:
+        density = 1.0 / math.sqrt(d)
+    elif isinstance(density, bool) or not isinstance(density, numbers.Real):
+        raise TypeError(f"density must be a real number or None, but got {type(density).__name__}")
+    density = float(density)
+    if not 0.0 < density <= 1.0:  # NaN fails too
+        raise ValueError(f"density must lie in (0, 1], but got {density}")
+    steps = density * _DENSITY_STEPS  # exact (a power of two), so rounding half up is exact too
+    half = max(1, math.floor(steps) + (steps - math.floor(steps) >= 0.5))
+    rho = half / _DENSITY_STEPS
+    return JLParams(k, d, 2 * half, rho, math.sqrt(1.0 / (rho * k)))
+
+
+def _float64_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+# --------------------------------------------------------------------------
+# Triton
+# --------------------------------------------------------------------------
+if stream.HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    _GROUP_ROW_SHIFT: tl.constexpr = tl.constexpr(ROW_SHIFT - 3)
+
+    @triton.jit
+    def _seed(seed_ptr, seed_value, SEED_FROM_PTR: tl.constexpr):
+        if SEED_FROM_PTR:
+            return tl.load(seed_ptr)
+        else:
+            return seed_value
+
+    @triton.jit
+    def _sign_tile(seed, rows, col0, threshold, G: tl.constexpr, dtype: tl.constexpr):
+        """sign(S) as `dtype` (+1: u < threshold and u even, -1: u < threshold and u odd,
+        else 0; built from bits, exact in every dtype) at rows `rows` (int64 [R]) and the
+        8 * G columns col0 .. col0 + 8G - 1 (col0 % 8 == 0): [R, 8 * G], one Philox call
+        per 8 entries."""
+        groups = (rows[:, None] << _GROUP_ROW_SHIFT) + ((col0 >> 3) + tl.arange(0, G).to(tl.int64))[None, :]
+        u = tl.reshape(stream.group_draws_tile(seed, groups), [rows.shape[0], 8 * G])
+        nonzero = u < threshold
+        odd = u & 1
+        if dtype == tl.float16:
+            return tl.where(nonzero, 0x3C00 | (odd << 15), 0).to(tl.uint16).to(tl.float16, bitcast=True)
+        elif dtype == tl.bfloat16:
+            return tl.where(nonzero, 0x3F80 | (odd << 15), 0).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            signs = tl.where(nonzero, 0x3F800000 | (odd << 31), 0).to(tl.uint32).to(tl.float32, bitcast=True)
+            return signs.to(dtype)
+
+    @triton.jit
+    def _mma(lhs, rhs, acc, DATA_LEFT: tl.constexpr, DOT_MODE: tl.constexpr):
+        """acc + lhs @ rhs where one operand is data and the other sign(S).
+        DOT_MODE 0: native dtype; 1: both operands in acc's dtype, IEEE (fp64, and bf16 in
+        the interpreter); 2: fp32 data as two TF32 products, data = hi + lo (signs are exact)."""
+        if DOT_MODE == 0:
+            return tl.dot(lhs, rhs, acc)
+        elif DOT_MODE == 1:
+            return tl.dot(lhs.to(acc.dtype), rhs.to(acc.dtype), acc, input_precision="ieee", out_dtype=acc.dtype)
+        else:
+            if DATA_LEFT:
+                hi = (lhs.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+                acc = tl.dot(hi, rhs, acc, input_precision="tf32")
+                return tl.dot(lhs - hi, rhs, acc, input_precision="tf32")
+            else:
+                hi = (rhs.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+                acc = tl.dot(lhs, hi, acc, input_precision="tf32")
+                return tl.dot(lhs, rhs - hi, acc, input_precision="tf32")
+
+    @triton.jit
+    def _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, r, M, R, seed, threshold,
+              FORWARD: tl.constexpr, SWAP: tl.constexpr, DOT_MODE: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+        """acc += a[:, r:r+BLOCK_R] @ op(S)[r:r+BLOCK_R, n-block] (acc holds the transposed
+        tile when SWAP). FORWARD: op(S) = S.T, the tile's rows of S are the outputs n;
+        else op(S) = S, its rows are the reduction r and its columns the outputs."""
+        offs_r = r + tl.arange(0, BLOCK_R).to(tl.int64)
+        if SWAP:  # a^T tile [BLOCK_R, BLOCK_M]
+            a = tl.load(a_ptr + offs_m[None, :] * a_sm + offs_r[:, None] * a_sr,
+                        mask=(offs_m[None, :] < M) & (offs_r[:, None] < R), other=0.0)
+        else:  # a tile [BLOCK_M, BLOCK_R]
+            a = tl.load(a_ptr + offs_m[:, None] * a_sm + offs_r[None, :] * a_sr,
+                        mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
+        SDT: tl.constexpr = a_ptr.dtype.element_ty if DOT_MODE == 0 else tl.float32
+        if FORWARD:
+            s = _sign_tile(seed, offs_n, r, threshold, BLOCK_R // 8, SDT)  # [BLOCK_N, BLOCK_R]
+            if SWAP:
+                return _mma(s, a, acc, False, DOT_MODE)
+            else:
+                return _mma(a, tl.trans(s), acc, True, DOT_MODE)
+        else:
+            s = _sign_tile(seed, offs_r, n0, threshold, BLOCK_N // 8, SDT)  # [BLOCK_R, BLOCK_N]
+            if SWAP:
+                return _mma(tl.trans(s), a, acc, False, DOT_MODE)
+            else:
+                return _mma(a, s, acc, True, DOT_MODE)
+
+    @triton.jit
+    def _store(acc, out_ptr, offset, live, split, o_ss, scale_bits,
+               PARTIAL: tl.constexpr, SOFTWARE_BF16: tl.constexpr):
+        """PARTIAL: the raw accumulator into split `split` of the partials; else round(acc * scale),
+        the scale being the float64 with bits scale_bits, in acc's dtype."""
+        if PARTIAL:
+            tl.store(out_ptr + split * o_ss + offset, acc, mask=live)
+        else:
+            scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc.dtype)
+            tl.store(out_ptr + offset, stream.round_to(acc * scale, out_ptr.dtype.element_ty, SOFTWARE_BF16),
+                     mask=live)
+
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    def _jl_matmul_kernel(
+        a_ptr, out_ptr, seed_ptr, seed_value, M, N, R, r_per_split,
+        a_sm, a_sr, o_ss, o_sm, o_sn, threshold, scale_bits,
+        FORWARD: tl.constexpr, SWAP: tl.constexpr, PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
+        DOT_MODE: tl.constexpr, USE_WHILE: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """out[m, n] = sum_r a[m, r] * op(S)[r, n] (times scale unless PARTIAL) for one
+        [BLOCK_M, BLOCK_N] output tile and r in one split [split * r_per_split, + r_per_split).
+        FORWARD: op(S) = S.T (N = out_features, R = in_features); else op(S) = S."""
+        pid = tl.program_id(0).to(tl.int64)
+        n_n = tl.cdiv(N, BLOCK_N)
+        n_m = tl.cdiv(M, BLOCK_M)
+        n0 = (pid % n_n) * BLOCK_N  # the n-blocks of one m-block are neighbours: a is reused from L2
+        offs_m = ((pid // n_n) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        split = pid // (n_n * n_m)
+        seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
+        ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
+        if SWAP:
+            acc = tl.zeros([BLOCK_N, BLOCK_M], ACC)
+        else:
+            acc = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+        r = split * r_per_split
+        r_end = tl.minimum(r + r_per_split, R)
+        if USE_WHILE:  # Triton's interpreter cannot range() over a runtime value
+            while r < r_end:
+                acc = _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, r, M, R, seed, threshold,
+                            FORWARD, SWAP, DOT_MODE, BLOCK_N, BLOCK_R)
+                r += BLOCK_R
+        else:  # a for loop, which the compiler software-pipelines (num_stages)
+            for rr in tl.range(r, r_end, BLOCK_R):
+                acc = _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, rr, M, R, seed, threshold,
+                            FORWARD, SWAP, DOT_MODE, BLOCK_N, BLOCK_R)
+        if SWAP:
+            offset = offs_n[:, None] * o_sn + offs_m[None, :] * o_sm
+            live = (offs_n[:, None] < N) & (offs_m[None, :] < M)
+        else:
+            offset = offs_m[:, None] * o_sm + offs_n[None, :] * o_sn
+            live = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        _store(acc, out_ptr, offset, live, split, o_ss, scale_bits, PARTIAL, SOFTWARE_BF16)
+
+    @triton.jit(do_not_specialize=["scale_bits"])
+    def _jl_reduce_kernel(part_ptr, out_ptr, n_split, numel, scale_bits,
+                          SOFTWARE_BF16: tl.constexpr, BLOCK: tl.constexpr):
+        """out = round(scale * sum_s part[s]) over contiguous [n_split, numel] partials (fixed order)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < numel
+        ptrs = part_ptr + offs
+        acc = tl.load(ptrs, mask=live, other=0.0)
+        s = 1
+        while s < n_split:
+            ptrs += numel
+            acc += tl.load(ptrs, mask=live, other=0.0)
+            s += 1
+        _store(acc, out_ptr, offs, live, 0, 0, scale_bits, False, SOFTWARE_BF16)
+
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value, K, D, o_sj, o_sc, threshold, scale_bits,
+                          SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
+                          BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr):
+        """out = S (sign * scale, rounded once to out's dtype), a [BLOCK_J, 8 * BLOCK_G] tile per program."""
+        pid = tl.program_id(0).to(tl.int64)
+        n_c = tl.cdiv(D, 8 * BLOCK_G)
+        rows = (pid // n_c) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
+        col0 = (pid % n_c) * (8 * BLOCK_G)
+        cols = col0 + tl.arange(0, 8 * BLOCK_G).to(tl.int64)
+        CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
+        signs = _sign_tile(_seed(seed_ptr, seed_value, SEED_FROM_PTR), rows, col0, threshold, BLOCK_G, CDT)
+        _store(signs, out_ptr, rows[:, None] * o_sj + cols[None, :] * o_sc,
+               (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_bits, False, SOFTWARE_BF16)
+
+
+class JLConfig(NamedTuple):
+    """Kernel tiling for out[M, N] = a[M, R] @ op(S) (block sizes >= 16, powers of 2).
+    swap: compute out.T tiles, sign(S) being the left tl.dot operand.
+    split: programs along R, summed by a second kernel (0: chosen from the SM count)."""
+
+    block_m: int
+    block_n: int
+    block_r: int
+    num_warps: int = 4
+    num_stages: int = 3
+    swap: bool = False
+    split: int = 0
+
+
+def _pow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(n)))
+
+
+def default_config(M: int, N: int, R: int, dtype: torch.dtype, device: torch.device) -> JLConfig:
+    """S is regenerated once per block_m rows of a, so large batches take large block_m;
+    small batches split the reduction to fill the GPU instead (docs/sparse_jl.md). All
+    of these compile for sm_90 without register spills (ptxas)."""
+    if device.type != "cuda":  # the interpreter: few, large programs
+        return JLConfig(_pow2(M, 16, 64), _pow2(N, 16, 128), _pow2(R, 16, 256), split=1)
+    small_m = _pow2(M, 16, 64)
+    if dtype == torch.float64:
+        return JLConfig(small_m, 64, 32, num_warps=4, num_stages=2)
+    if dtype == torch.float32:  # two TF32 products per tile
+        return JLConfig(small_m, 64, 64) if M <= 64 else JLConfig(128, 128, 32, num_warps=8)
+    if M <= 64:
+        return JLConfig(small_m, 64, 128)
+    if M <= 1024 or dtype == torch.float16:  # fp16 at block_m 256 spills
+        return JLConfig(128, 128, 64, num_warps=8)
+    return JLConfig(256, 128, 64, num_warps=8)
+
+
+def split_plan(M: int, N: int, R: int, cfg: JLConfig, device: torch.device):
+    """(r_per_split, splits): programs along R, about 4 per SM (cfg.split if set), each with
+    >= 4 steps of block_r, their fp32 partial sums (when splits > 1) at most 8 MiB."""
+    splits = cfg.split
+    if not splits:
+        tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+        budget = max(1, (8 << 20) // (4 * M * N))
+        splits = max(1, min(triton.cdiv(4 * sm_count(device), tiles), triton.cdiv(R, 4 * cfg.block_r), budget))
+    r_per_split = triton.cdiv(triton.cdiv(R, cfg.block_r), splits) * cfg.block_r
+    return r_per_split, triton.cdiv(R, r_per_split)
+
+
+def _dot_mode(dtype: torch.dtype, cuda: bool) -> int:
+    if dtype == torch.float32:
+        return 2
+    if dtype == torch.float64 or (dtype == torch.bfloat16 and not cuda):
+        return 1
+    return 0
+
+
+def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed, forward: bool,
+                   config: Optional[JLConfig] = None) -> torch.Tensor:
+    """out[M, N] = a[M, R] @ (S.T if forward else S) with the Triton kernels.
+
+    a: 2-D, any strides; out: contiguous [M, N] of a's dtype, every element written.
+    Forward: R = in_features, N = out_features; backward: R = out_features, N = in_features.
+    With split > 1 the kernel writes fp32 (fp64) partial sums [split, M, N] (the only
+    temporary) and _jl_reduce_kernel adds them in a fixed order.
+    """
+    M, R = a.shape
+    N = out.shape[1]
+    if M == 0:
+        return out
+    cfg = config or default_config(M, N, R, a.dtype, a.device)
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    r_per_split, splits = split_plan(M, N, R, cfg, a.device)
+    part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
+    on_gpu = a.is_cuda
+    scale_bits = _float64_bits(params.scale)
+    _jl_matmul_kernel[(tiles * splits,)](
+        a, out if part is None else part, seed.tensor, seed.value, M, N, R, r_per_split,
+        a.stride(0), a.stride(1), M * N, N, 1, params.threshold, scale_bits,
+        FORWARD=forward, SWAP=cfg.swap, PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None,
+        DOT_MODE=_dot_mode(a.dtype, on_gpu), USE_WHILE=not on_gpu, SOFTWARE_BF16=not on_gpu,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if part is not None:
+        block = 1024 if on_gpu else 16384
+        _jl_reduce_kernel[(triton.cdiv(M * N, block),)](part, out, splits, M * N, scale_bits,
+                                                        SOFTWARE_BF16=not on_gpu, BLOCK=block)
+    return out
+
+
+def launch_matrix(out: torch.Tensor, params: JLParams, seed: Seed) -> torch.Tensor:
+    """out[k, d] = S in out's dtype with the Triton kernel (out: any strides)."""
+    K, D = out.shape
+    block_j, block_g = (32, 32) if out.is_cuda else (_pow2(K, 1, 64), _pow2(triton.cdiv(D, 8), 1, 64))
+    grid = triton.cdiv(K, block_j) * triton.cdiv(D, 8 * block_g)
+    _jl_matrix_kernel[(grid,)](
+        out, seed.tensor, seed.value, K, D, out.stride(0), out.stride(1),
+        params.threshold, _float64_bits(params.scale),
+        SEED_FROM_PTR=seed.tensor is not None, SOFTWARE_BF16=not out.is_cuda,
+        BLOCK_J=block_j, BLOCK_G=block_g, num_warps=4,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------
+# PyTorch reference
+# --------------------------------------------------------------------------
+def signs_reference(seed: torch.Tensor, row0: int, n_rows: int, n_cols: int, threshold: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """sign(S) (+1 / -1 / 0 in `dtype`) of rows row0 .. row0 + n_rows - 1, columns 0 .. n_cols - 1."""
+    rows = torch.arange(row0, row0 + n_rows, device=seed.device, dtype=torch.int64)
+    cols = torch.arange((n_cols + 7) >> 3, device=seed.device, dtype=torch.int64)
+    u = stream.group_draws(seed, (rows[:, None] << (ROW_SHIFT - 3)) + cols[None, :]).flatten(1)[:, :n_cols]
+    return torch.where(u < threshold, 1 - 2 * (u & 1), 0).to(dtype)
+
+
+def _row_chunks(params: JLParams):
+    step = max(1, _REF_CHUNK // params.in_features)
+    for j0 in range(0, params.out_features, step):
+        yield j0, min(step, params.out_features - j0)
+
+
+def project_reference(a: torch.Tensor, params: JLParams, seed: Seed, forward: bool) -> torch.Tensor:
+    """a[M, R] @ (S.T if forward else S) in PyTorch: sum in fp32 (fp64 for float64), times
+    the scale, rounded once to a's dtype."""
+    cdt = compute_dtype(a.dtype)
+    seed_t = seed_as_tensor(seed, a.device)
+    ac = a.to(cdt)
+    n_out = params.out_features if forward else params.in_features
+    out = torch.zeros((a.shape[0], n_out), dtype=cdt, device=a.device)
+    for j0, nj in _row_chunks(params):
+        signs = signs_reference(seed_t, j0, nj, params.in_features, params.threshold, cdt)
+        if forward:
+            out[:, j0:j0 + nj] = ac @ signs.T
+        else:
+            out += ac[:, j0:j0 + nj] @ signs
+    out *= torch.tensor(params.scale, dtype=torch.float64).to(cdt)
+    return out.to(a.dtype)
+
+
+def matrix_reference(params: JLParams, seed: Seed, dtype: torch.dtype, device) -> torch.Tensor:
+    """S (k x d) in `dtype`: sign * scale in fp32 (fp64 for float64), rounded once."""
+    cdt = compute_dtype(dtype)
+    seed_t = seed_as_tensor(seed, device)
+    scale = torch.tensor(params.scale, dtype=torch.float64).to(cdt)
+    out = torch.empty((params.out_features, params.in_features), dtype=dtype, device=device)
+    for j0, nj in _row_chunks(params):
+        signs = signs_reference(seed_t, j0, nj, params.in_features, params.threshold, cdt)
+        out[j0:j0 + nj] = (signs * scale).to(dtype)
+    return out
+
+
+def sparse_jl_reference(x: torch.Tensor, out_features: int, seed, *, density=None) -> torch.Tensor:
+    """sparse_jl computed with PyTorch ops (the CPU path without TRITON_INTERPRET)."""
+    params, seed = _validate(x, out_features, seed, density)
+    a = x.reshape(-1, params.in_features)
+    return project_reference(a, params, seed, True).reshape(*x.shape[:-1], params.out_features)
+
+
+# --------------------------------------------------------------------------
+# dispatch + autograd
+# --------------------------------------------------------------------------
+def _project(x: torch.Tensor, params: JLParams, seed: Seed, forward: bool) -> torch.Tensor:
+    """x[..., R] -> x @ op(S) [..., N] for a validated call (kernels or reference)."""
+    n_out = params.out_features if forward else params.in_features
+    a = x.reshape(-1, x.shape[-1])  # a view when the leading dims collapse, else a copy
+    if use_triton(x):
+        out = torch.empty((a.shape[0], n_out), dtype=x.dtype, device=x.device)
+        launch_project(a, out, params, seed, forward)
+    else:
+        out = project_reference(a, params, seed, forward)
+    return out.reshape(*x.shape[:-1], n_out)
+
+
+class SparseJLFunction(torch.autograd.Function):
+    """Autograd for a -> a @ op(S) (forward: op(S) = S.T, else S). The backward is the same
+    Function in the other direction, so derivatives of every order regenerate S.
+    Saved for backward: the seed only (an int, or the int64 seed tensor of shape [])."""
+
+    @staticmethod
+    def forward(ctx, a, seed_tensor, seed_value, params, forward):
+        if seed_tensor is not None:
+            ctx.save_for_backward(seed_tensor)
+        ctx.seed_value, ctx.params, ctx.forward = seed_value, params, forward
+        return _project(a, params, Seed(seed_tensor, seed_value), forward)
+
+    @staticmethod
+    def backward(ctx, grad):
+        seed_tensor = ctx.saved_tensors[0] if ctx.saved_tensors else None
+        grad_a = SparseJLFunction.apply(grad, seed_tensor, ctx.seed_value, ctx.params, not ctx.forward)
+        return grad_a, None, None, None, None
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def _validate(x, out_features, seed, density):
+    """(params, resolved seed) of a sparse_jl call, raising TypeError / ValueError."""
+    check_float_tensor(x, "x")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the features), but got a 0-d tensor")
+    params = jl_params(out_features, x.shape[-1], density)
+    if seed is None:
+        raise ValueError("sparse_jl needs an explicit seed (an int or an integer tensor): it defines S")
+    return params, resolve_seed(seed, x.device, None)
+
+
+def sparse_jl(x: torch.Tensor, out_features: int, seed, *, density=None) -> torch.Tensor:
+    """y = x @ S.T over the last dim: [..., d] -> [..., out_features], S the seeded very
+    sparse random projection (see jl_matrix), generated inside the kernel (0 bytes of memory).
+
+    x: float16/bfloat16/float32/float64, any leading shape and strides (leading dims that
+    do not collapse to one are copied). seed: int in [-2**63, 2**64) or an integer tensor
+    with one value. density: in (0, 1], default 1/sqrt(d), resolved to a multiple of
+    1/32768. Sums in fp32 (fp64 for float64), rounded once to x's dtype. Differentiable
+    in x (backward regenerates S from the seed).
+    """
+    params, seed = _validate(x, out_features, seed, density)
+    if x.requires_grad and torch.is_grad_enabled():
+        return SparseJLFunction.apply(x, seed.tensor, seed.value, params, True)
+    return _project(x, params, seed, True)
+
+
+def fixed_seed(seed=None) -> torch.Tensor:
+    """The int64 CPU tensor of shape [] a SparseJL keeps: `seed` (an int or a one-value
+    integer tensor) resolved, or a fresh seed from torch's default generator when None."""
+    cpu = torch.device("cpu")
+    resolved = draw_seed(cpu) if seed is None else resolve_seed(seed, cpu, None)
+    if resolved.tensor is None:
+        return torch.tensor(resolved.value, dtype=torch.int64)
+    return resolved.tensor.clone()
+
+
+def jl_matrix(out_features: int, in_features: int, seed, *, density=None, dtype=torch.float32,
+              device=None) -> torch.Tensor:
+    """S (out_features x in_features) materialized, for inspection and tests: each entry is
+    +scale / -scale with probability rho / 2 each, else 0, scale = sqrt(1 / (rho * k)),
+    rho = the effective density (jl_params). sparse_jl(x, k, seed) == x @ S.T up to rounding."""
+    params = jl_params(out_features, in_features, density)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, but got {dtype}")
+    if seed is None:
+        raise ValueError("jl_matrix needs an explicit seed (an int or an integer tensor)")
+    device = torch.device(device) if device is not None else (
+        seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu"))
+    seed = resolve_seed(seed, device, None)
+    probe = torch.empty((), device=device)
+    if not use_triton(probe):
+        return matrix_reference(params, seed, dtype, device)
+    return launch_matrix(torch.empty((out_features, in_features), dtype=dtype, device=device), params, seed)
