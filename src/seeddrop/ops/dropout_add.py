@@ -307,7 +307,7 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
 
 
 _PLANS: dict = {}
-GPU_TILE_BYTES = {False: 16384, True: 16384}  # tile bytes of x: plain / with activation or bias reduction
+GPU_TILE_BYTES = {False: 16384, True: 2048}  # tile bytes of x: plain / with activation or bias reduction
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:
