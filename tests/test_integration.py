@@ -165,3 +165,29 @@ def test_compile_dropout_add_module_matches_eager(activation):
     assert torch.equal(y_eager, y_comp)
     for a, b in zip(grads_eager, grads_comp):
         assert torch.equal(a, b)
+
+
+def test_seed_generator_gives_tensor_parallel_masks():
+    """Replicated activations: every rank's generator seeded alike -> identical masks;
+    sharded activations: a generator seeded per rank -> distinct masks."""
+    x = torch.ones(64, 64)
+    drop = seeddrop.Dropout(0.5)
+
+    def masks(rank):
+        replicated = torch.Generator().manual_seed(1234)
+        sharded = torch.Generator().manual_seed(1234 + 1_000_003 * rank)
+        torch.manual_seed(rank)  # the default generator differs per rank (e.g. DDP ranks)
+        with seeddrop.seed_generator(replicated):
+            rep = drop(x) != 0
+        with seeddrop.seed_generator(sharded):
+            sha = drop(x) != 0
+        default = drop(x) != 0
+        return rep, sha, default
+
+    rep0, sha0, def0 = masks(0)
+    rep1, sha1, def1 = masks(1)
+    assert torch.equal(rep0, rep1)
+    assert not torch.equal(sha0, sha1) and not torch.equal(def0, def1)
+    with pytest.raises(TypeError):
+        with seeddrop.seed_generator(1234):
+            pass

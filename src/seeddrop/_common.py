@@ -1,6 +1,7 @@
 """Input validation, seeds, backend choice and layout planning shared by every op."""
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -106,12 +107,32 @@ def draw_seed(device: torch.device) -> Seed:
     a Python int (no device work, no sync). On CPU, while compiling or while capturing a CUDA
     graph: `torch.randint` on the tensor's device (CPU draws give the same values as the
     eager path), so under a graph every replay draws a new seed on the device."""
-    if device.type == "cuda" and not _in_graph():
+    generator = getattr(_HOST_DRAW, "generator", None)
+    if generator is not None or (device.type == "cuda" and not _in_graph()):
         buf = getattr(_HOST_DRAW, "buf", None)
         if buf is None:
             buf = _HOST_DRAW.buf = torch.empty((), dtype=torch.int64)
-        return Seed(None, buf.random_(_SEED_LOW, _SEED_HIGH).item())
+        return Seed(None, buf.random_(_SEED_LOW, _SEED_HIGH, generator=generator).item())
     return Seed(torch.randint(_SEED_LOW, _SEED_HIGH, (), dtype=torch.int64, device=device), 0)
+
+
+@contextlib.contextmanager
+def seed_generator(generator: torch.Generator):
+    """Within the block, seed=None draws (every seeddrop module and op, this thread, eager
+    mode) come from `generator` (a CPU torch.Generator) instead of torch's default one.
+
+    Tensor parallelism: give every rank of a tensor-parallel group a generator seeded alike
+    for replicated activations (identical masks on every rank) and one seeded per rank for
+    sharded activations (distinct masks), as Megatron's RNG tracker does.
+    """
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator must be a CPU torch.Generator, but got {generator!r}")
+    previous = getattr(_HOST_DRAW, "generator", None)
+    _HOST_DRAW.generator = generator
+    try:
+        yield generator
+    finally:
+        _HOST_DRAW.generator = previous
 
 
 def _in_graph() -> bool:
