@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# One device call: GPU tests, then benchmarks. Full logs under $OUT (default ./gpu_out); short table last.
-# Usage: bash scripts/gpu_check.sh [tests|bench|tune|all ...]
+# GPU checks in one device call: the CUDA tests, then the benchmarks.
+# Usage: bash scripts/gpu_check.sh [tests] [bench] [core] [dropout_add] [sparse_jl] [gpt2] [all]
+# Results go to $RESULTS (default ./gpu_results); when $OUT is set (the device tool) they are
+# also packed into $OUT/gpu_results.tgz. Short tables are printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
+RESULTS=${RESULTS:-gpu_results}
+mkdir -p "$RESULTS"
 parts=${*:-all}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/gpu.txt"
+want() { [[ " $parts " == *" $1 "* || " $parts " == *" all "* ]]; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  date -u +%Y-%m-%dT%H:%MZ; } | tee "$RESULTS/gpu.txt"
 status=0
-for part in $parts; do
-  case $part in
-    tests|all)
-      python -m pytest -q tests 2>&1 | tee "$OUT/pytest_cuda.log" | tail -n 25; status=$((status | PIPESTATUS[0]));;&
-    tune)
-      python benchmarks/tune_dropout.py 2>&1 | tee "$OUT/tune.log";;
-    bench|all)
-      for b in benchmarks/bench_*.py; do
-        echo "== $b"; python "$b" --out "$OUT" 2>&1 | tee "$OUT/$(basename "$b" .py).log" | tail -n 60
-      done;;
-  esac
-done
+if want tests; then
+  python -m pytest -q -m cuda tests 2>&1 | tee "$RESULTS/pytest_cuda.log" | tail -n 15
+  status=$((status | PIPESTATUS[0]))
+fi
+if want bench; then python -m seeddrop bench --out "$RESULTS/bench" --no-progress 2>&1 | tee "$RESULTS/bench.log" | tail -n 5; fi
+if want core; then
+  python benchmarks/bench_dropout.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout.log" | tail -n 30
+  python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
+fi
+if want dropout_add; then python benchmarks/bench_dropout_add.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout_add.log" | tail -n 12; fi
+if want sparse_jl; then python benchmarks/bench_sparse_jl.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_sparse_jl.log" | tail -n 12; fi
+if want gpt2; then python benchmarks/bench_gpt2.py --out "$RESULTS" --steps 10 2>&1 | tee "$RESULTS/bench_gpt2.log" | tail -n 9; fi
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_results.tgz" "$RESULTS"; fi
 exit $status
