@@ -123,7 +123,7 @@ def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool
     if mask_only or not on_cuda:  # the interpreter runs programs one after another
         s_chunks = 1
     else:
-        s_chunks = min(view.S, max(1, cdiv(8 * sm_count(device), tiles)))
+        s_chunks = min(view.S, max(1, cdiv(PROGRAMS_PER_SM * sm_count(device), tiles)))
     s_per_program = cdiv(view.S, s_chunks)
     s_chunks = cdiv(view.S, s_per_program)
     aligned = index_offset % 8 == 0 and (per_row or view.P == 1 or view.Q % 8 == 0)
@@ -132,6 +132,7 @@ def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool
 
 
 _CONFIGS = {}
+PROGRAMS_PER_SM = 8  # programs wanted per SM when the shared dims are split across programs
 
 
 @functools.lru_cache(maxsize=256)
