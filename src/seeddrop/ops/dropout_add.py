@@ -299,7 +299,7 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
     if reduce_bias:
         # A chunk of row tiles per program: the [n_chunks, C] workspace stays small while
         # enough programs run to fill the GPU (the interpreter: two chunks).
-        target = 8 * sm_count(device) if on_cuda else 2 * n_c
+        target = BWD_PROGRAMS_PER_SM * sm_count(device) if on_cuda else 2 * n_c
         tiles_per_program = cdiv(n_r, max(1, min(n_r, cdiv(target, n_c))))
     n_chunks = cdiv(n_r, tiles_per_program)
     num_warps = 4 if block_r * block_g * 8 <= 4096 else 8
@@ -307,7 +307,8 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
 
 
 _PLANS: dict = {}
-GPU_TILE_BYTES = {False: 16384, True: 2048}  # tile bytes of x: plain / with activation or bias reduction
+GPU_TILE_BYTES = {False: 16384, True: 2048}
+BWD_PROGRAMS_PER_SM = 8  # backward with bias reduction: programs per SM (workspace rows)  # tile bytes of x: plain / with activation or bias reduction
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:
