@@ -21,10 +21,10 @@ def train(rank, world, steps=20):
     ddp = DDP(model, device_ids=[rank])
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
     torch.manual_seed(1000 + rank)  # per-rank dropout seeds and data
+    x = torch.randn(256, 512, device="cuda")  # a fixed per-rank batch: the loss must fall
+    y = torch.randint(0, 10, (256,), device="cuda")
     losses = []
     for _ in range(steps):
-        x = torch.randn(64, 512, device="cuda")
-        y = torch.randint(0, 10, (64,), device="cuda")
         loss = nn.functional.cross_entropy(ddp(x), y)
         opt.zero_grad()
         loss.backward()
