@@ -307,8 +307,8 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
 
 
 _PLANS: dict = {}
-GPU_TILE_BYTES = {False: 16384, True: 2048}
-BWD_PROGRAMS_PER_SM = 32  # backward with bias reduction: programs per SM (workspace rows)  # tile bytes of x: plain / with activation or bias reduction
+GPU_TILE_BYTES = {False: 16384, True: 2048}  # tile bytes of x: plain / with activation or bias reduction
+BWD_PROGRAMS_PER_SM = 32  # backward with bias reduction: programs per SM (workspace rows)
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:
