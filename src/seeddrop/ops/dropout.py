@@ -132,7 +132,7 @@ def _configure(view: View, itemsize: int, on_cuda: bool, device, mask_only: bool
 
 
 _CONFIGS = {}
-PROGRAMS_PER_SM = 64  # programs wanted per SM when the shared dims are split across programs
+PROGRAMS_PER_SM = 256  # programs wanted per SM when the shared dims are split across programs
 
 
 @functools.lru_cache(maxsize=256)
