@@ -165,3 +165,21 @@ def test_compile_reduce_overhead_draws_new_masks():
             outs.append((fast(xin) == 0).clone())
     assert 0.4 < outs[-1].float().mean().item() < 0.6
     assert not torch.equal(outs[-1], outs[-2])
+
+
+def test_compile_on_cuda_dropout_add_and_sparse_jl():
+    x = torch.randn(64, 256, device="cuda", requires_grad=True)
+    residual = torch.randn(64, 256, device="cuda")
+    bias = torch.randn(256, device="cuda", requires_grad=True)
+
+    def f(x, residual, bias):
+        h = seeddrop.dropout_add(x, residual, 0.2, bias=bias, activation="gelu", seed=11)
+        return seeddrop.sparse_jl(h, 32, seed=3)
+
+    compiled = torch.compile(f, fullgraph=True)
+    y_comp = compiled(x, residual, bias)
+    y_eager = f(x, residual, bias)
+    torch.testing.assert_close(y_comp, y_eager, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y_eager)
+    for a, b in zip(torch.autograd.grad(y_comp, (x, bias), g), torch.autograd.grad(y_eager, (x, bias), g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

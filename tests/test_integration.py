@@ -191,3 +191,15 @@ def test_seed_generator_gives_tensor_parallel_masks():
     with pytest.raises(TypeError):
         with seeddrop.seed_generator(1234):
             pass
+
+
+def test_compile_sparse_jl_module_matches_eager():
+    proj = seeddrop.SparseJL(64, 16, seed=5)
+    x = torch.randn(4, 3, 64, requires_grad=True)
+    compiled = torch.compile(proj, fullgraph=True, backend="aot_eager")
+    y_eager, y_comp = proj(x), compiled(x)
+    torch.testing.assert_close(y_comp, y_eager, rtol=0, atol=0)
+    g = torch.randn_like(y_eager)
+    (ge,) = torch.autograd.grad(y_eager, x, g)
+    (gc,) = torch.autograd.grad(y_comp, x, g)
+    torch.testing.assert_close(gc, ge, rtol=0, atol=0)

@@ -434,9 +434,36 @@ class SparseJLFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        seed_tensor = ctx.saved_tensors[0] if ctx.saved_tensors else None
-        grad_a = SparseJLFunction.apply(grad, seed_tensor, ctx.seed_value, ctx.params, not ctx.forward)
+        saved = ctx.saved_tensors  # unpacked once (non-reentrant checkpointing allows no more)
+        grad_a = SparseJLFunction.apply(grad, saved[0] if saved else None, ctx.seed_value, ctx.params, not ctx.forward)
         return grad_a, None, None, None, None
+
+
+# torch.compile sees this op (eager calls skip the dispatcher and use SparseJLFunction).
+@torch.library.custom_op("seeddrop::sparse_jl", mutates_args=())
+def sparse_jl_op(a: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, out_features: int,
+                 in_features: int, density: float, forward: bool) -> torch.Tensor:
+    params = jl_params(out_features, in_features, density)
+    return _project(a, params, Seed(seed_tensor, seed_value), forward)
+
+
+@sparse_jl_op.register_fake
+def _(a, seed_tensor, seed_value, out_features, in_features, density, forward):
+    return a.new_empty(*a.shape[:-1], out_features if forward else in_features)
+
+
+def _sparse_jl_op_setup(ctx, inputs, output):
+    _, seed_tensor, *ctx.op_args = inputs
+    ctx.save_for_backward(seed_tensor)
+
+
+def _sparse_jl_op_backward(ctx, grad):
+    (seed_tensor,) = ctx.saved_tensors
+    *args, forward = ctx.op_args
+    return (sparse_jl_op(grad, seed_tensor, *args, not forward),) + (None,) * 6
+
+
+sparse_jl_op.register_autograd(_sparse_jl_op_backward, setup_context=_sparse_jl_op_setup)
 
 
 # --------------------------------------------------------------------------
@@ -464,6 +491,8 @@ def sparse_jl(x: torch.Tensor, out_features: int, seed, *, density=None) -> torc
     in x (backward regenerates S from the seed).
     """
     params, seed = _validate(x, out_features, seed, density)
+    if torch.compiler.is_compiling():
+        return sparse_jl_op(x, seed.tensor, seed.value, params.out_features, params.in_features, params.density, True)
     if x.requires_grad and torch.is_grad_enabled():
         return SparseJLFunction.apply(x, seed.tensor, seed.value, params, True)
     return _project(x, params, seed, True)
