@@ -486,3 +486,17 @@ def test_cuda_seeds_of_both_integer_widths_share_a_compiled_kernel():
     for seed in (5, 2**40, 7, -(2**50)):
         got = seeddrop.dropout_add(x, r, P, seed=seed).cpu()
         assert_bitwise_equal(got, unfused(x.cpu(), r.cpu(), seed=seed))
+
+
+def test_plans_depend_on_the_activation():
+    """The tile shape of the bias-reducing backward depends on whether an activation is set;
+    a plan cached for one must not be reused for the other (call order must not matter)."""
+    from seeddrop.ops import dropout_add as da
+
+    t = torch.empty(64, 4096)
+    plain = da.Config(0.1, True, (), False, 0)
+    gelu = da.Config(0.1, True, (), False, da.check_activation("gelu"))
+    first = da._plan(tuple(t.shape), t, plain, True)
+    second = da._plan(tuple(t.shape), t, gelu, True)
+    assert first.block_g * 8 == min(4096, da.BWD_REDUCE_COLS[False])
+    assert second.block_g * 8 == min(4096, da.BWD_REDUCE_COLS[True])

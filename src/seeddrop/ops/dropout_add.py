@@ -315,7 +315,7 @@ BWD_REDUCE_COLS = {False: 512, True: 64}
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:
-    key = (shape, t.device, t.element_size(), cfg.masked, bool(cfg.shared), cfg.per_row, reduce_bias)
+    key = (shape, t.device, t.element_size(), cfg.masked, bool(cfg.shared), cfg.per_row, reduce_bias, cfg.act != 0)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS[key] = _make_plan(shape, t.is_cuda, t.device, t.element_size(), cfg, reduce_bias)
