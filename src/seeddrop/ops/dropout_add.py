@@ -283,9 +283,8 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
     else:  # rows do not start on 8-aligned groups: flat tiles, unless row tiles are needed
         mode = MASK_UNALIGNED if reduce_bias else MASK_ALIGNED
     flat = mode == MASK_ALIGNED and C % 8 != 0 and R > 1
-    if on_cuda:  # smaller tiles where more values are live per element (no register spills)
-        heavy = reduce_bias or cfg.act != 0
-        elements = GPU_TILE_BYTES[heavy] // max(2, itemsize)
+    if on_cuda:  # smaller tiles for the bias-reducing backward (its accumulator is live throughout)
+        elements = GPU_TILE_BYTES[reduce_bias] // max(2, itemsize)
     else:
         elements = CPU_TILE_ELEMENTS
     # Row tiles as wide as possible (the backward's bias reduction: at most 512 columns, so
@@ -307,7 +306,7 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
 
 
 _PLANS: dict = {}
-GPU_TILE_BYTES = {False: 16384, True: 2048}  # tile bytes of x: plain / with activation or bias reduction
+GPU_TILE_BYTES = {False: 16384, True: 2048}  # tile bytes of x: plain / bias-reducing backward
 BWD_PROGRAMS_PER_SM = 32  # backward with bias reduction: programs per SM (workspace rows)
 # Backward with bias reduction: columns per tile without / with an activation. Narrow, taller
 # tiles with an activation (H100, bf16, 2 KiB tiles: gelu 2.75 -> 1.51x floor at [8192, 49152]).
