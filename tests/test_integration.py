@@ -203,3 +203,27 @@ def test_compile_sparse_jl_module_matches_eager():
     (ge,) = torch.autograd.grad(y_eager, x, g)
     (gc,) = torch.autograd.grad(y_comp, x, g)
     torch.testing.assert_close(gc, ge, rtol=0, atol=0)
+
+
+def test_replace_dropout_transformers_bert():
+    """A real Hugging Face model (built from a config: no download): every nn.Dropout is
+    swapped, the state_dict round-trips and eval outputs are unchanged."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    ids = torch.randint(0, 100, (2, 12))
+    ref = model(ids).last_hidden_state
+    n_native = sum(type(m) is nn.Dropout for m in model.modules())
+    state = copy.deepcopy(model.state_dict())
+    seeddrop.replace_dropout(model)
+    assert n_native > 0 and sum(type(m) is nn.Dropout for m in model.modules()) == 0
+    assert sum(isinstance(m, seeddrop.Dropout) for m in model.modules()) == n_native
+    model.load_state_dict(state)
+    torch.testing.assert_close(model(ids).last_hidden_state, ref)
+    model.train()
+    torch.manual_seed(1)
+    out = model(ids).last_hidden_state
+    out.sum().backward()
+    assert not torch.equal(out, ref)
