@@ -27,11 +27,17 @@ def _loss_and_grads(model, x, seed):
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compile_fullgraph_matches_eager(backend, monkeypatch):
+def test_compile_fullgraph_matches_eager(backend):
     if backend == "inductor" and TRITON_INTERPRET:
         pytest.skip("inductor is covered in the reference run; the interpreter run checks aot_eager")
     # Inductor replaces torch's RNG with its own unless told to keep it; seeds then match eager.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fallback_random=True):
+        _check_compiled_matches_eager(backend)
+
+
+def _check_compiled_matches_eager(backend):
     torch.manual_seed(0)
     model = _model()
     x = torch.randn(12, 16)
