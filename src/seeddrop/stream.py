@@ -61,16 +61,9 @@ if HAS_TRITON:
 
     @triton.jit
     def group_keep_tile(seed, group, threshold):
-        """Keep decisions for whole 8-element groups.
-
-        seed: int64 scalar or tensor broadcastable to `group`; group: int64
-        [A, B] tensor of group indices q = i >> 3. Returns int1 [A, B, 8] where
-        [a, b, l] is the decision for element 8 * group[a, b] + l.
-        """
-        w0, w1, w2, w3 = tl.randint4x(seed.to(tl.int64), group, 10)
-        lane = tl.arange(0, 8)[None, None, :]
-        u = lane_bits(w0[:, :, None], w1[:, :, None], w2[:, :, None], w3[:, :, None], lane)
-        return u >= threshold
+        """Keep decisions for whole 8-element groups: int1 [A, B, 8], [a, b, l] the decision
+        for element 8 * group[a, b] + l (seed and group as in group_draws_tile)."""
+        return group_draws_tile(seed, group) >= threshold
 
     @triton.jit
     def keep_at_index(seed, index, threshold):
@@ -95,13 +88,12 @@ if HAS_TRITON:
         """Raw 16-bit draws (int32, 0..65535) of whole 8-element groups.
 
         seed: int64 scalar or tensor broadcastable to `group`; group: int64 [A, B] group
-        indices. Returns int32 [A, B, 8] where [a, b, l] is the draw u of element
-        8 * group[a, b] + l (spec v1 lanes, placed with joins rather than selects).
+        indices q = i >> 3. Returns int32 [A, B, 8] where [a, b, l] is the draw u of
+        element 8 * group[a, b] + l.
         """
         w0, w1, w2, w3 = tl.randint4x(seed.to(tl.int64), group, 10)
-        words = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [A, B, 2, 2]: [.., x, y] = w[2x + y]
-        halves = tl.join(words & 0xFFFF, words >> 16)  # [.., x, y, h]: lane 4x + 2y + h
-        return tl.reshape(halves, [group.shape[0], group.shape[1], 8]).to(tl.int32)
+        lane = tl.arange(0, 8)[None, None, :]
+        return lane_bits(w0[:, :, None], w1[:, :, None], w2[:, :, None], w3[:, :, None], lane)
 
 
 # --------------------------------------------------------------------------
@@ -169,10 +161,9 @@ def keep_rows(seed: torch.Tensor, n_rows: int, n_cols: int, p: float, index_offs
 
 def keep_at_indices(seed: torch.Tensor, index: torch.Tensor, p: float) -> torch.Tensor:
     """Bool tensor: decision of each int64 logical index (seed broadcasts against index)."""
-    w0, w1, w2, w3 = group_words(seed, index >> 3).unbind(-1)
-    lane = index & 7
-    word = torch.where(lane < 4, torch.where(lane < 2, w0, w1), torch.where(lane < 6, w2, w3))
-    return ((word >> ((lane & 1) * 16)) & 0xFFFF) >= threshold(p)
+    draws = group_draws(seed, index >> 3)
+    lane = (index & 7).expand(draws.shape[:-1]).unsqueeze(-1)
+    return torch.gather(draws, -1, lane).squeeze(-1) >= threshold(p)
 
 
 def group_draws(seed: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
