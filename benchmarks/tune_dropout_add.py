@@ -1,0 +1,65 @@
+"""Plan sweep of seeddrop.dropout_add on the GPU: tile bytes, columns per tile and programs
+per SM of the bias-reducing backward, tile bytes of the forward; each timed as x memory
+floor (forward 1.5 x copy, backward 1.0 / 1.5 x copy), plus the share of the backward
+spent outside the kernel (the workspace sum).
+
+python benchmarks/tune_dropout_add.py [--quick]
+"""
+import argparse
+import itertools
+
+import torch
+from triton.testing import do_bench
+
+import seeddrop
+from seeddrop.ops import dropout_add as da
+
+
+def bench(fn):
+    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    shapes = [(16384, 4096), (8192, 49152)]
+    acts = [None, "gelu", "silu"]
+    dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float32]
+    for shape, dtype in itertools.product(shapes, dtypes):
+        x = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)
+        r = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)
+        b = torch.randn(shape[-1], device="cuda", dtype=dtype, requires_grad=True)
+        g = torch.randn(shape, device="cuda", dtype=dtype)
+        out = torch.empty_like(x)
+        copy = bench(lambda: out.copy_(x))
+        for act in acts:
+            floor_b = copy * (1.0 if act is None else 1.5)
+            res = []
+            for tile, cols, ppsm in itertools.product((2048, 4096, 8192, 16384), (64, 256, 1024), (4, 8, 16, 32)):
+                da.GPU_TILE_BYTES[True] = tile
+                da.BWD_REDUCE_COLS[act is not None] = cols
+                da.BWD_PROGRAMS_PER_SM = ppsm
+                da._PLANS.clear()
+                y = seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7)
+                t = bench(lambda: torch.autograd.grad(y, (x, r, b), g, retain_graph=True))
+                plan = da._plan(x.shape, x, da.Config(0.1, True, (), False, da.ACTIVATIONS.index(act)), True)
+                res.append((t / floor_b, tile, cols, ppsm, plan.n_chunks))
+            res.sort()
+            best = res[0]
+            print(f"bwd {shape} {dtype} {act}: copy {copy:.4f} ms; best", [f"{r[0]:.3f}x tile={r[1]} cols={r[2]} ppsm={r[3]} chunks={r[4]}" for r in res[:4]],
+                  "worst", f"{res[-1][0]:.3f}x", flush=True)
+            # forward tile sweep
+            fres = []
+            for tile in (4096, 8192, 16384, 32768):
+                da.GPU_TILE_BYTES[False] = tile
+                da._PLANS.clear()
+                t = bench(lambda: seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7))
+                fres.append((t / (1.5 * copy), tile))
+            da.GPU_TILE_BYTES[False] = 16384
+            print(f"fwd {shape} {dtype} {act}:", [f"{f:.3f}x tile={t}" for f, t in sorted(fres)], flush=True)
+        del x, r, g, out
+
+
+if __name__ == "__main__":
+    main()

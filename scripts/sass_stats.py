@@ -1,0 +1,68 @@
+"""Compile a seeddrop kernel for sm_90 on any machine (no GPU needed: Triton ships ptxas
+and nvdisasm) and print SASS instruction counts, to compare kernel variants offline.
+
+python scripts/sass_stats.py dropout_add_fwd --act 2 --dtype bf16
+"""
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+DT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp64": "fp64"}
+
+
+def compile_sass(fn, signature, constexprs, num_warps=8, aligned=(), **options):
+    """`aligned`: names of pointer / int arguments Triton would see as multiples of 16."""
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+    src = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, **options))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(k.asm["cubin"])
+        nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
+        sass = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True).stdout
+    return k, sass
+
+
+def stats(sass):
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if m:
+            ops[m.group(1).split(".")[0]] += 1
+    return ops
+
+
+def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
+    from seeddrop.ops import dropout_add as da
+    p = "*" + DT[dtype]
+    sig = {"x_ptr": p, "res_ptr": p, "bias_ptr": p, "out_ptr": p, "seed_ptr": "*i64", "seed_value": "i64",
+           "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32", "R": "i32", "C": "i32",
+           "N": "i32", "threshold": "i32", "scale_bits": "i64"}
+    cdt = tl.float64 if dtype == "fp64" else tl.float32
+    const = {"ACT": act, "HAS_BIAS": True, "MASK": mask, "SEED_FROM_PTR": False, "FLAT": False, "CDT": cdt,
+             "SOFTWARE_BF16": False, "BLOCK_R": block_r, "BLOCK_G": block_g}
+    for k, v in const.items():
+        sig[k] = "constexpr"
+    aligned = ("x_ptr", "res_ptr", "bias_ptr", "out_ptr", "seed_ptr", "C", "N", "R")
+    return compile_sass(da._dropout_add_fwd_kernel, sig, const, aligned=aligned, enable_fp_fusion=fusion)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kernel", choices=["dropout_add_fwd"])
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--act", type=int, default=2)
+    ap.add_argument("--fusion", action="store_true")
+    a = ap.parse_args()
+    k, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
+    st = stats(sass)
+    print(sum(st.values()), "instructions;", st.most_common(25))
