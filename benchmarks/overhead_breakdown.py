@@ -35,7 +35,7 @@ def main():
     seed = Seed(None, 5)
     dmod.launch(x, out, (), seed, 0.1, False)
     key = next(iter(dmod._KERNEL.compiled))
-    kernel = dmod._KERNEL.compiled[key]
+    c_launch, head = dmod._KERNEL.compiled[key]
     cfg = next(iter(dmod._CONFIGS.values()))
     v = cfg.view
     args = (x, out, None, 5, 0, v.P, v.S, v.Q, cfg.s_per_program, *v.x_strides, *v.out_strides, 1,
@@ -51,8 +51,8 @@ def main():
     rows = [
         ("torch.empty_like", lambda: torch.empty_like(x)),
         ("draw_seed", lambda: draw_seed(x.device)),
-        ("kernel.run (raw C launcher)", lambda: kernel.run(cfg.grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args)),
-        ("FastKernel.launch", lambda: dmod._KERNEL.launch(key[0], cfg.grid, args, cfg.num_warps, (x, out, None))),
+        ("Triton's C launcher, raw pointers", lambda: c_launch(cfg.grid, 1, 1, stream, *head, x.data_ptr(), out.data_ptr(), *args[2:])),
+        ("FastKernel.launch", lambda: dmod._KERNEL.launch(key[0], cfg.grid, args, cfg.num_warps)),
         ("dmod.launch", lambda: dmod.launch(x, out, (), seed, 0.1, False)),
         ("apply_dropout", lambda: dmod.apply_dropout(x, 0.1, seed, (), False)),
         ("seeddrop.dropout seed=5", lambda: seeddrop.dropout(x, 0.1, seed=5)),

@@ -23,6 +23,8 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # validation
 # --------------------------------------------------------------------------
 def check_p(p, name: str = "p") -> float:
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, first (host time per call)
+        return p
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number, but got {type(p).__name__}")
     if not (0.0 <= p <= 1.0):  # NaN fails too
@@ -144,6 +146,8 @@ def resolve_seed(seed, device: torch.device, rows_shape: Optional[tuple]) -> See
     tensor must have (None where per-row seeds are not accepted)."""
     if seed is None:
         return draw_seed(device)
+    if type(seed) is int and _SEED_LOW <= seed <= _SEED_HIGH:  # the common case, first
+        return Seed(None, seed)
     if isinstance(seed, torch.Tensor):
         if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
             raise TypeError(f"seed must be an int or an integer tensor, but got a tensor of dtype {seed.dtype}")

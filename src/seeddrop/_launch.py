@@ -3,7 +3,8 @@
 Triton's `kernel[grid](...)` binds and specializes every argument on every call
 (tens of microseconds of Python). Our launchers already know, from a cached plan,
 everything Triton specializes on except pointer alignment, so once a variant is
-compiled we call the compiled kernel directly.
+compiled we call Triton's C launcher directly, with raw device addresses (a tensor
+argument would cost the launcher a Python method call and a driver query each).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import torch
 try:
     import triton
 
-    _knobs = getattr(triton, "knobs", None)
+    _runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
 except ImportError:  # pragma: no cover
     triton = None
-    _knobs = None
+    _runtime = None
 
 
 def _hook_set(hook) -> bool:
@@ -24,35 +25,60 @@ def _hook_set(hook) -> bool:
 
 def _hooks_installed() -> bool:
     """Launch hooks (e.g. a profiler) are installed: use Triton's own launch path."""
-    runtime = getattr(_knobs, "runtime", None)
-    return runtime is None or _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
+    return _runtime is None or _hook_set(_runtime.launch_enter_hook) or _hook_set(_runtime.launch_exit_hook)
 
 
 class FastKernel:
-    """Wraps a JIT kernel. `launch(key, grid, args, num_warps)`: `args` are ALL kernel
-    parameters in order (constexprs included); `key` must determine every integer
-    argument Triton specializes on (value 1, divisibility by 16, 32/64-bit range) and
-    every constexpr. Pointer alignment is added here."""
+    """Wraps a JIT kernel whose pointer parameters are the ones named ``*_ptr``.
+
+    `launch(key, grid, args, num_warps)`: `args` are ALL kernel parameters in order
+    (constexprs included), args[0] a tensor on the launch device; `key` must determine
+    every integer argument Triton specializes on (value 1, divisibility by 16, 32/64-bit
+    range) and every constexpr. Pointer alignment is added here.
+    """
 
     def __init__(self, fn):
         self.fn = fn
         self.names = fn.arg_names
+        self.pointer_positions = tuple(i for i, name in enumerate(self.names) if name.endswith("_ptr"))
         self.compiled = {}
 
-    def launch(self, key, grid: int, args: tuple, num_warps: int, tensors: tuple) -> None:
-        device = tensors[0].device
-        if device.type != "cuda":  # Triton's interpreter
+    def launch(self, key, grid: int, args: tuple, num_warps: int) -> None:
+        if not args[0].is_cuda:  # Triton's interpreter
             self._jit_launch(grid, args, num_warps)
             return
-        full_key = (key, num_warps, device.index, tuple(t is None or t.data_ptr() % 16 == 0 for t in tensors))
-        kernel = self.compiled.get(full_key)
-        if kernel is None or _hooks_installed():
+        call = list(args)
+        alignment = 0
+        for i in self.pointer_positions:
+            t = call[i]
+            if t is None:
+                alignment = alignment * 3 + 2
+            else:
+                ptr = call[i] = t.data_ptr()
+                alignment = alignment * 3 + (ptr % 16 == 0)
+        device = args[0].get_device()
+        full_key = (key, num_warps, device, alignment)
+        entry = self.compiled.get(full_key)
+        if entry is None or _hooks_installed():
             kernel = self._jit_launch(grid, args, num_warps)
             if hasattr(kernel, "run") and hasattr(kernel, "packed_metadata"):
-                self.compiled[full_key] = kernel
+                self.compiled[full_key] = self._direct_call(kernel)
             return
-        stream = torch._C._cuda_getCurrentRawStream(device.index)
-        kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args)
+        c_launch, head = entry
+        c_launch(grid, 1, 1, torch._C._cuda_getCurrentRawStream(device), *head, *call)
+
+    @staticmethod
+    def _direct_call(kernel):
+        """(callable, leading arguments) launching `kernel` with the fewest Python layers:
+        the C launcher itself when the kernel needs no scratch memory."""
+        launcher = kernel.run
+        try:
+            if launcher.global_scratch_size == 0 and launcher.profile_scratch_size == 0:
+                return launcher.launch, (kernel.function, launcher.launch_cooperative_grid, launcher.launch_pdl,
+                                         None, None, kernel.packed_metadata, None, None, None)
+        except AttributeError:  # another Triton version: its Python launcher
+            pass
+        return launcher, (kernel.function, kernel.packed_metadata, None, None, None)
 
     def _jit_launch(self, grid, args, num_warps):
         return self.fn[(grid,)](**dict(zip(self.names, args)), num_warps=num_warps)
