@@ -37,8 +37,8 @@ def main():
             floor_b = copy * (1.0 if act is None else 1.5)
             res = []
             for tile, cols, ppsm in itertools.product((4096, 8192, 16384), (64, 256, 1024), (8, 32)):
-                da.GPU_TILE_BYTES[True] = tile
-                da.BWD_REDUCE_COLS[act is not None] = cols
+                da.GPU_TILE_BYTES["reduce"] = tile
+                da.BWD_REDUCE_COLS[act is not None and dtype != torch.float32] = cols
                 da.BWD_PROGRAMS_PER_SM = ppsm
                 da._PLANS.clear()
                 y = seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7)
@@ -52,11 +52,11 @@ def main():
             # forward tile sweep
             fres = []
             for tile in (8192, 16384, 32768):
-                da.GPU_TILE_BYTES[False] = tile
+                da.GPU_TILE_BYTES["forward"] = tile
                 da._PLANS.clear()
                 t = bench(lambda: seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7))
                 fres.append((t / (1.5 * copy), tile))
-            da.GPU_TILE_BYTES[False] = 16384
+            da.GPU_TILE_BYTES["forward"] = 8192
             print(f"fwd {shape} {dtype} {act}:", [f"{f:.3f}x tile={t}" for f, t in sorted(fres)], flush=True)
         del x, r, g, out
 

@@ -66,3 +66,20 @@ if __name__ == "__main__":
     k, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
     st = stats(sass)
     print(sum(st.values()), "instructions;", st.most_common(25))
+
+
+def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=None, num_warps=4):
+    from seeddrop.ops import dropout_add as da
+    p = "*" + DT[dtype]
+    cdt = tl.float64 if dtype == "fp64" else tl.float32
+    sig = {"g_ptr": p, "x_ptr": p, "bias_ptr": p, "gx_ptr": p, "partial_ptr": "*" + ("fp64" if dtype == "fp64" else "fp32"),
+           "seed_ptr": "*i64", "seed_value": "i64", "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32",
+           "R": "i32", "C": "i32", "N": "i32", "tiles_per_program": "i32", "threshold": "i32", "scale_bits": "i64"}
+    const = {"ACT": act, "HAS_BIAS": True, "REDUCE_BIAS": reduce_bias, "MASK": 1, "SEED_FROM_PTR": False, "FLAT": False,
+             "CDT": cdt, "SOFTWARE_BF16": False, "BLOCK_R": block_r, "BLOCK_G": block_g}
+    for k in const:
+        sig[k] = "constexpr"
+    aligned = ("g_ptr", "x_ptr", "bias_ptr", "gx_ptr", "partial_ptr", "C", "N", "R")
+    fusion = act in da.FUSED_ACTIVATIONS if fusion is None else fusion
+    return compile_sass(da._dropout_add_bwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
+                        enable_fp_fusion=fusion)

@@ -493,10 +493,11 @@ def test_plans_depend_on_the_activation():
     a plan cached for one must not be reused for the other (call order must not matter)."""
     from seeddrop.ops import dropout_add as da
 
-    t = torch.empty(64, 4096)
+    t = torch.empty(64, 4096, dtype=torch.bfloat16)
     plain = da.Config(0.1, True, (), False, 0)
     gelu = da.Config(0.1, True, (), False, da.check_activation("gelu"))
     first = da._plan(tuple(t.shape), t, plain, True)
     second = da._plan(tuple(t.shape), t, gelu, True)
     assert first.block_g * 8 == min(4096, da.BWD_REDUCE_COLS[False])
     assert second.block_g * 8 == min(4096, da.BWD_REDUCE_COLS[True])
+    assert da.BWD_REDUCE_COLS[False] != da.BWD_REDUCE_COLS[True]  # else this test cannot fail

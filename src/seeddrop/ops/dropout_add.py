@@ -272,7 +272,8 @@ def _rows_cols(shape) -> tuple:
     return (math.prod(shape) // cols if cols else 0), cols
 
 
-def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_bias: bool) -> _Plan:
+def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_bias: bool,
+               forward: bool) -> _Plan:
     R, C = _rows_cols(shape)
     if not cfg.masked:
         mode = MASK_NONE
@@ -286,12 +287,13 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         mode = MASK_UNALIGNED if reduce_bias else MASK_ALIGNED
     flat = mode == MASK_ALIGNED and C % 8 != 0 and R > 1
     if on_cuda:  # smaller tiles for the bias-reducing backward (its accumulator is live throughout)
-        elements = GPU_TILE_BYTES[reduce_bias] // max(2, itemsize)
+        elements = GPU_TILE_BYTES["reduce" if reduce_bias else "forward" if forward else "backward"] // max(2, itemsize)
     else:
         elements = CPU_TILE_ELEMENTS
-    # Row tiles as wide as possible (the backward's bias reduction: at most 512 columns, so
-    # that a program walks many rows of a narrow column block); flat tiles are one row.
-    q = R * C if flat else min(C, BWD_REDUCE_COLS[cfg.act != 0]) if reduce_bias else C
+    # Row tiles as wide as possible (the backward's bias reduction: at most BWD_REDUCE_COLS
+    # columns, so that a program walks many rows of a column block); flat tiles are one row.
+    reduce_cols = BWD_REDUCE_COLS[cfg.act != 0 and itemsize <= 2]
+    q = R * C if flat else min(C, reduce_cols) if reduce_bias else C
     block_g = min(next_pow2(cdiv(q, 8)), elements // 8)
     block_r = 1 if flat else min(next_pow2(R), max(1, elements // (8 * block_g)))
     n_c = 1 if flat else cdiv(C, 8 * block_g)
@@ -308,18 +310,21 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
 
 
 _PLANS: dict = {}
-GPU_TILE_BYTES = {False: 16384, True: 2048}  # tile bytes of x: plain / bias-reducing backward
-BWD_PROGRAMS_PER_SM = 32  # backward with bias reduction: programs per SM (workspace rows)
-# Backward with bias reduction: columns per tile without / with an activation. Narrow, taller
-# tiles with an activation (H100, bf16, 2 KiB tiles: gelu 2.75 -> 1.51x floor at [8192, 49152]).
-BWD_REDUCE_COLS = {False: 512, True: 64}
+# GPU plans from an H100 sweep (benchmarks/tune_dropout_add.py, [16384, 4096] and
+# [8192, 49152], bf16 and fp32, activation None / gelu / silu, 2026-11-23).
+GPU_TILE_BYTES = {"forward": 8192, "backward": 16384, "reduce": 4096}  # tile bytes of x
+BWD_PROGRAMS_PER_SM = 8  # backward with bias reduction: programs per SM (workspace rows)
+# Backward with bias reduction: columns per tile; narrow (64) only for fp16/bf16 with an
+# activation (bf16 gelu: 1.66x floor with 64 columns, 2.5x with 256).
+BWD_REDUCE_COLS = {False: 1024, True: 64}
 
 
-def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool) -> _Plan:
-    key = (shape, t.device, t.element_size(), cfg.masked, bool(cfg.shared), cfg.per_row, reduce_bias, cfg.act != 0)
+def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool, forward: bool = False) -> _Plan:
+    key = (shape, t.device, t.element_size(), cfg.masked, bool(cfg.shared), cfg.per_row, reduce_bias, cfg.act != 0,
+           forward)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _make_plan(shape, t.is_cuda, t.device, t.element_size(), cfg, reduce_bias)
+        plan = _PLANS[key] = _make_plan(shape, t.is_cuda, t.device, t.element_size(), cfg, reduce_bias, forward)
     return plan
 
 
@@ -373,7 +378,7 @@ def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
                    seed: Optional[Seed], cfg: Config) -> None:
     """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
     shape = x.shape
-    plan = _plan(shape, out, cfg, False)
+    plan = _plan(shape, out, cfg, False, forward=True)
     seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device)
     threshold, scale = _p_constants(cfg.p)
     key = (shape, x.dtype, residual.dtype, out.dtype, None if bias is None else bias.dtype, cfg.act, plan.mode,
