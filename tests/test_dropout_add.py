@@ -501,3 +501,5 @@ def test_plans_depend_on_the_activation():
     assert first.block_g * 8 == min(4096, da.BWD_REDUCE_COLS[False])
     assert second.block_g * 8 == min(4096, da.BWD_REDUCE_COLS[True])
     assert da.BWD_REDUCE_COLS[False] != da.BWD_REDUCE_COLS[True]  # else this test cannot fail
+    relu = da.Config(0.1, True, (), False, da.check_activation("relu"))
+    assert da._plan(tuple(t.shape), t, relu, True).block_g == first.block_g  # relu: cheap, planned like None
