@@ -3,8 +3,6 @@ layer of the call path timed alone, wall-clock us per call (best of 3 x 3000 cal
 
 python benchmarks/overhead_breakdown.py
 """
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -12,19 +10,7 @@ import seeddrop
 from seeddrop._common import Seed, draw_seed
 from seeddrop.ops import dropout as dmod
 
-
-def per_call_us(fn, n=3000):
-    for _ in range(100):
-        fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) / n * 1e6)
-    return best
+from bench_overhead import per_call_us  # this folder: run as python benchmarks/overhead_breakdown.py
 
 
 def main():
@@ -68,7 +54,7 @@ def main():
     ]
     print("| path (4096 elements) | us/call |\n|---|---|")
     for name, fn in rows:
-        print(f"| {name} | {per_call_us(fn):.1f} |", flush=True)
+        print(f"| {name} | {per_call_us(fn, n=3000):.1f} |", flush=True)
 
 
 if __name__ == "__main__":
