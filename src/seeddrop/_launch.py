@@ -28,6 +28,22 @@ def _hooks_installed() -> bool:
     return _runtime is None or _hook_set(_runtime.launch_enter_hook) or _hook_set(_runtime.launch_exit_hook)
 
 
+def raw_pointer_args(args: tuple, pointer_positions: tuple):
+    """(args with each tensor at `pointer_positions` replaced by its data_ptr(), an int
+    that encodes, per pointer, None / 16-byte aligned / not aligned: part of the compiled-
+    kernel key, since Triton specializes on pointer alignment)."""
+    call = list(args)
+    alignment = 0
+    for i in pointer_positions:
+        t = call[i]
+        if t is None:
+            alignment = alignment * 3 + 2
+        else:
+            ptr = call[i] = t.data_ptr()
+            alignment = alignment * 3 + (ptr % 16 == 0)
+    return call, alignment
+
+
 class FastKernel:
     """Wraps a JIT kernel whose pointer parameters are the ones named ``*_ptr``.
 
@@ -47,15 +63,7 @@ class FastKernel:
         if not args[0].is_cuda:  # Triton's interpreter
             self._jit_launch(grid, args, num_warps)
             return
-        call = list(args)
-        alignment = 0
-        for i in self.pointer_positions:
-            t = call[i]
-            if t is None:
-                alignment = alignment * 3 + 2
-            else:
-                ptr = call[i] = t.data_ptr()
-                alignment = alignment * 3 + (ptr % 16 == 0)
+        call, alignment = raw_pointer_args(args, self.pointer_positions)
         device = args[0].get_device()
         full_key = (key, num_warps, device, alignment)
         entry = self.compiled.get(full_key)
