@@ -141,7 +141,23 @@ def mlp_seeddrop(h, w, _):
     return seeddrop.dropout_add(F.linear(F.gelu(F.linear(h, w["W1"], w["b1"])), w["W2"]), h, P, bias=w["b2"])
 
 
-def run_mlp(tokens, d, hidden, device, dtype, timer):
+def profile_step(step, device: str) -> str:
+    """torch.profiler table of 5 steps: where the time of one variant goes (kernels on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=15)
+
+
+def run_mlp(tokens, d, hidden, device, dtype, timer, profile_to=None):
+    """Times the MLP sub-block step with each dropout; profile_to: a file for a
+    torch.profiler table of each variant."""
     w = mlp_params(d, hidden, device, dtype)
     h = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, d, device=device, dtype=dtype)
@@ -156,6 +172,9 @@ def run_mlp(tokens, d, hidden, device, dtype, timer):
 
         step()
         ms = timer(step)
+        if profile_to is not None:
+            with open(profile_to, "a") as f:
+                f.write(f"## {name}\n\n{profile_step(step, device)}\n\n")
         for t in leaves:
             t.grad = None
         peak_mib = base_mib = float("nan")
@@ -209,6 +228,9 @@ def main():
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--compile-dynamic", action="store_true", help="torch.compile with dynamic shapes")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run of every code path (no GPU)")
+    ap.add_argument("--profile-mlp", action="store_true",
+                    help="also write a torch.profiler table of the MLP sub-block to DIR/dropout_add_mlp_profile.txt")
+    ap.add_argument("--mlp-only", action="store_true", help="only the MLP sub-block")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
@@ -223,7 +245,7 @@ def main():
     timer = make_timer(device)
 
     rows = []
-    for shape in shapes:
+    for shape in [] if args.mlp_only else shapes:
         for dname, dtype in DTYPES.items():
             for act in ACTIVATIONS:
                 r = run_case(shape, dtype, act, device, timer, compiled)
@@ -232,7 +254,11 @@ def main():
                     f"{k}={v:.3f}" for k, v in r.items()), flush=True)
                 if device == "cuda":
                     torch.cuda.empty_cache()
-    mlp_rows = run_mlp(*mlp, device, torch.bfloat16 if device == "cuda" else torch.float32, timer)
+    profile_to = None
+    if args.profile_mlp:
+        profile_to = os.path.join(args.out, "dropout_add_mlp_profile.txt")
+        open(profile_to, "w").close()
+    mlp_rows = run_mlp(*mlp, device, torch.bfloat16 if device == "cuda" else torch.float32, timer, profile_to)
     mlp_desc = f"tokens={mlp[0]}, d={mlp[1]}, hidden={mlp[2]}, p={P}, " + ("bf16" if device == "cuda" else "fp32 CPU")
 
     keys = list(dict.fromkeys(k for r in rows for k in r))

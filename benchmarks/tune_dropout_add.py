@@ -24,7 +24,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     shapes = [(16384, 4096), (8192, 49152)]
-    acts = [None, "gelu", "silu"]  # fp32: None and gelu
+    acts = [None, "gelu", "silu", "relu"]  # fp32: None and gelu
     dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float32]
     for shape, dtype in itertools.product(shapes, dtypes):
         x = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)

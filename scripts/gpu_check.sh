@@ -24,7 +24,7 @@ if want core; then
   python benchmarks/bench_dropout.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout.log" | tail -n 30
   python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
 fi
-if want dropout_add; then python benchmarks/bench_dropout_add.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout_add.log" | tail -n 12; fi
+if want dropout_add; then python benchmarks/bench_dropout_add.py --profile-mlp --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout_add.log" | tail -n 12; fi
 if want sparse_jl; then python benchmarks/bench_sparse_jl.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_sparse_jl.log" | tail -n 12; fi
 if want gpt2; then python benchmarks/bench_gpt2.py --out "$RESULTS" --steps 10 2>&1 | tee "$RESULTS/bench_gpt2.log" | tail -n 9; fi
 if [[ " $parts " == *" tune "* ]]; then
