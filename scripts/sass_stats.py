@@ -80,6 +80,6 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=
     for k in const:
         sig[k] = "constexpr"
     aligned = ("g_ptr", "x_ptr", "bias_ptr", "gx_ptr", "partial_ptr", "C", "N", "R")
-    fusion = act in da.FUSED_ACTIVATIONS if fusion is None else fusion
+    fusion = act in da.TRANSCENDENTAL_ACTIVATIONS if fusion is None else fusion
     return compile_sass(da._dropout_add_bwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
                         enable_fp_fusion=fusion)

@@ -292,7 +292,7 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         elements = CPU_TILE_ELEMENTS
     # Row tiles as wide as possible (the backward's bias reduction: at most BWD_REDUCE_COLS
     # columns, so that a program walks many rows of a column block); flat tiles are one row.
-    reduce_cols = BWD_REDUCE_COLS[cfg.act in FUSED_ACTIVATIONS and itemsize <= 2]
+    reduce_cols = BWD_REDUCE_COLS[cfg.act in TRANSCENDENTAL_ACTIVATIONS and itemsize <= 2]
     q = R * C if flat else min(C, reduce_cols) if reduce_bias else C
     block_g = min(next_pow2(cdiv(q, 8)), elements // 8)
     block_r = 1 if flat else min(next_pow2(R), max(1, elements // (8 * block_g)))
@@ -361,10 +361,12 @@ class _Kernel(FastKernel):
 
     def _jit_launch(self, grid, args, num_warps):
         kwargs = dict(zip(self.names, args))
-        return self.fn[(grid,)](**kwargs, num_warps=num_warps, enable_fp_fusion=kwargs["ACT"] in FUSED_ACTIVATIONS)
+        fusion = kwargs["ACT"] in TRANSCENDENTAL_ACTIVATIONS
+        return self.fn[(grid,)](**kwargs, num_warps=num_warps, enable_fp_fusion=fusion)
 
 
-FUSED_ACTIVATIONS = (2, 3, 4)  # gelu, gelu_tanh, silu
+# gelu, gelu_tanh, silu: compute-bound kernels (fp fusion on, narrow bias-reducing tiles in 16-bit)
+TRANSCENDENTAL_ACTIVATIONS = (2, 3, 4)
 
 
 _FWD = _Kernel(_dropout_add_fwd_kernel) if stream.HAS_TRITON else None
