@@ -155,9 +155,9 @@ def profile_step(step, device: str) -> str:
     return prof.key_averages().table(sort_by=sort, row_limit=15)
 
 
-def run_mlp(tokens, d, hidden, device, dtype, timer, profile_to=None):
-    """Times the MLP sub-block step with each dropout; profile_to: a file for a
-    torch.profiler table of each variant."""
+def run_mlp(tokens, d, hidden, device, dtype, timer, profile=False):
+    """Times the MLP sub-block step with each dropout. Rows: step time and peak memory
+    (and, with profile, a torch.profiler table under "profile")."""
     w = mlp_params(d, hidden, device, dtype)
     h = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, d, device=device, dtype=dtype)
@@ -172,9 +172,7 @@ def run_mlp(tokens, d, hidden, device, dtype, timer, profile_to=None):
 
         step()
         ms = timer(step)
-        if profile_to is not None:
-            with open(profile_to, "a") as f:
-                f.write(f"## {name}\n\n{profile_step(step, device)}\n\n")
+        table = profile_step(step, device) if profile else None
         for t in leaves:
             t.grad = None
         peak_mib = base_mib = float("nan")
@@ -189,6 +187,8 @@ def run_mlp(tokens, d, hidden, device, dtype, timer, profile_to=None):
             for t in leaves:
                 t.grad = None
         rows.append({"impl": name, "step_ms": ms, "peak_mib": peak_mib, "peak_above_inputs_mib": base_mib})
+        if table is not None:
+            rows[-1]["profile"] = table
     return rows
 
 
@@ -254,11 +254,10 @@ def main():
                     f"{k}={v:.3f}" for k, v in r.items()), flush=True)
                 if device == "cuda":
                     torch.cuda.empty_cache()
-    profile_to = None
+    mlp_rows = run_mlp(*mlp, device, torch.bfloat16 if device == "cuda" else torch.float32, timer, args.profile_mlp)
     if args.profile_mlp:
-        profile_to = os.path.join(args.out, "dropout_add_mlp_profile.txt")
-        open(profile_to, "w").close()
-    mlp_rows = run_mlp(*mlp, device, torch.bfloat16 if device == "cuda" else torch.float32, timer, profile_to)
+        with open(os.path.join(args.out, "dropout_add_mlp_profile.txt"), "w") as f:
+            f.writelines(f"## {r['impl']}\n\n{r.pop('profile')}\n\n" for r in mlp_rows)
     mlp_desc = f"tokens={mlp[0]}, d={mlp[1]}, hidden={mlp[2]}, p={P}, " + ("bf16" if device == "cuda" else "fp32 CPU")
 
     keys = list(dict.fromkeys(k for r in rows for k in r))

@@ -1,7 +1,8 @@
 """Plan sweep of seeddrop.dropout_add on the GPU: tile bytes, columns per tile and programs
 per SM of the bias-reducing backward, tile bytes of the forward; each timed as x memory
-floor (forward 1.5 x copy, backward 1.0 / 1.5 x copy), plus the share of the backward
-spent outside the kernel (the workspace sum).
+floor (forward 1.5 x copy, backward 1.0 / 1.5 x copy). Plans are changed through the
+module's knobs (GPU_TILE_BYTES, BWD_REDUCE_COLS, BWD_PROGRAMS_PER_SM); the kernel key
+includes the tile shape, so every plan runs its own compiled kernel.
 
 python benchmarks/tune_dropout_add.py [--quick]
 """
@@ -36,27 +37,28 @@ def main():
         for act in acts if dtype == torch.bfloat16 else acts[:2]:
             floor_b = copy * (1.0 if act is None else 1.5)
             res = []
+            cfg = da.Config(0.1, True, (), False, da.check_activation(act))
+            narrow = da.narrow_reduce_tiles(cfg.act, x.element_size())
             for tile, cols, ppsm in itertools.product((4096, 8192, 16384), (64, 256, 1024), (8, 32)):
                 da.GPU_TILE_BYTES["reduce"] = tile
-                da.BWD_REDUCE_COLS[act is not None and dtype != torch.float32] = cols
+                da.BWD_REDUCE_COLS[narrow] = cols
                 da.BWD_PROGRAMS_PER_SM = ppsm
                 da._PLANS.clear()
                 y = seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7)
                 t = bench(lambda: torch.autograd.grad(y, (x, r, b), g, retain_graph=True))
-                plan = da._plan(x.shape, x, da.Config(0.1, True, (), False, da.ACTIVATIONS.index(act)), True)
-                res.append((t / floor_b, tile, cols, ppsm, plan.n_chunks))
+                res.append((t / floor_b, tile, cols, ppsm, da._plan(x.shape, x, cfg, True).n_chunks))
             res.sort()
-            best = res[0]
             print(f"bwd {shape} {dtype} {act}: copy {copy:.4f} ms; best", [f"{r[0]:.3f}x tile={r[1]} cols={r[2]} ppsm={r[3]} chunks={r[4]}" for r in res[:4]],
                   "worst", f"{res[-1][0]:.3f}x", flush=True)
             # forward tile sweep
             fres = []
+            default_tile = da.GPU_TILE_BYTES["forward"]
             for tile in (8192, 16384, 32768):
                 da.GPU_TILE_BYTES["forward"] = tile
                 da._PLANS.clear()
                 t = bench(lambda: seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7))
                 fres.append((t / (1.5 * copy), tile))
-            da.GPU_TILE_BYTES["forward"] = 8192
+            da.GPU_TILE_BYTES["forward"] = default_tile
             print(f"fwd {shape} {dtype} {act}:", [f"{f:.3f}x tile={t}" for f, t in sorted(fres)], flush=True)
         del x, r, g, out
 

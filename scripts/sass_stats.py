@@ -15,9 +15,6 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-DT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp64": "fp64"}
-
-
 def compile_sass(fn, signature, constexprs, num_warps=8, aligned=(), **options):
     """`aligned`: names of pointer / int arguments Triton would see as multiples of 16."""
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
@@ -42,8 +39,9 @@ def stats(sass):
 
 
 def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
+    """The forward kernel, aligned mask mode by default; dtype: bf16, fp16, fp32 or fp64."""
     from seeddrop.ops import dropout_add as da
-    p = "*" + DT[dtype]
+    p = "*" + dtype
     sig = {"x_ptr": p, "res_ptr": p, "bias_ptr": p, "out_ptr": p, "seed_ptr": "*i64", "seed_value": "i64",
            "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32", "R": "i32", "C": "i32",
            "N": "i32", "threshold": "i32", "scale_bits": "i64"}
@@ -56,21 +54,10 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
     return compile_sass(da._dropout_add_fwd_kernel, sig, const, aligned=aligned, enable_fp_fusion=fusion)
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("kernel", choices=["dropout_add_fwd"])
-    ap.add_argument("--dtype", default="bf16")
-    ap.add_argument("--act", type=int, default=2)
-    ap.add_argument("--fusion", action="store_true")
-    a = ap.parse_args()
-    k, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
-    st = stats(sass)
-    print(sum(st.values()), "instructions;", st.most_common(25))
-
-
 def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=None, num_warps=4):
+    """The backward kernel (bias-reducing by default); fusion None: as the library compiles it."""
     from seeddrop.ops import dropout_add as da
-    p = "*" + DT[dtype]
+    p = "*" + dtype
     cdt = tl.float64 if dtype == "fp64" else tl.float32
     sig = {"g_ptr": p, "x_ptr": p, "bias_ptr": p, "gx_ptr": p, "partial_ptr": "*" + ("fp64" if dtype == "fp64" else "fp32"),
            "seed_ptr": "*i64", "seed_value": "i64", "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32",
@@ -83,3 +70,18 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=
     fusion = act in da.TRANSCENDENTAL_ACTIVATIONS if fusion is None else fusion
     return compile_sass(da._dropout_add_bwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
                         enable_fp_fusion=fusion)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kernel", choices=["dropout_add_fwd", "dropout_add_bwd"])
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
+    ap.add_argument("--act", type=int, default=2, help="activation code: 0 none, 1 relu, 2 gelu, 3 gelu_tanh, 4 silu")
+    ap.add_argument("--fusion", action="store_true", help="forward: compile with fp fusion")
+    a = ap.parse_args()
+    if a.kernel == "dropout_add_fwd":
+        _, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
+    else:
+        _, sass = dropout_add_bwd(a.dtype, a.act)
+    st = stats(sass)
+    print(sum(st.values()), "instructions;", st.most_common(25))

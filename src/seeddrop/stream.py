@@ -12,7 +12,11 @@ function of ``(seed, i, p)``:
 This module is the only place the stream is written down: once in Triton
 (``group_keep_tile``, ``keep_at_index``) and once in PyTorch
 (``keep_rows``, ``keep_at_indices``). Every kernel and every reference op
-goes through these functions.
+goes through these functions. In Triton the lane rule has two forms for two tile
+shapes: ``lane_bits`` selects one lane per element (``keep_at_index``, arbitrary
+indices) and ``group_draws_tile`` places all 8 lanes of a group with joins (whole
+groups, one thread per Philox call); tests/test_stream.py checks both against the
+reference.
 """
 from __future__ import annotations
 

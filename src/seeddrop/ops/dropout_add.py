@@ -292,7 +292,7 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         elements = CPU_TILE_ELEMENTS
     # Row tiles as wide as possible (the backward's bias reduction: at most BWD_REDUCE_COLS
     # columns, so that a program walks many rows of a column block); flat tiles are one row.
-    reduce_cols = BWD_REDUCE_COLS[cfg.act in TRANSCENDENTAL_ACTIVATIONS and itemsize <= 2]
+    reduce_cols = BWD_REDUCE_COLS[narrow_reduce_tiles(cfg.act, itemsize)]
     q = R * C if flat else min(C, reduce_cols) if reduce_bias else C
     block_g = min(next_pow2(cdiv(q, 8)), elements // 8)
     block_r = 1 if flat else min(next_pow2(R), max(1, elements // (8 * block_g)))
@@ -318,6 +318,12 @@ BWD_PROGRAMS_PER_SM = 8  # backward with bias reduction: programs per SM (worksp
 # transcendental activation (bf16 gelu: 1.66x floor with 64 columns, 2.5x with 256; relu,
 # cheap like no activation, measured 1.69x with 64 at [8192, 49152]).
 BWD_REDUCE_COLS = {False: 1024, True: 64}
+
+
+def narrow_reduce_tiles(act: int, itemsize: int) -> bool:
+    """The BWD_REDUCE_COLS key of a bias-reducing backward: narrow tiles for 16-bit data
+    with a transcendental activation."""
+    return act in TRANSCENDENTAL_ACTIVATIONS and itemsize <= 2
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool, forward: bool = False) -> _Plan:
