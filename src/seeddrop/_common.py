@@ -39,15 +39,16 @@ def check_float_tensor(x, name: str = "input") -> None:
         raise TypeError(f"{name} must have dtype float16, bfloat16, float32 or float64, but got {x.dtype}")
 
 
-def use_triton(x: torch.Tensor) -> bool:
-    """True: run the Triton kernels; False: run the PyTorch reference (CPU)."""
+def use_triton(x: torch.Tensor, traced: bool = False) -> bool:
+    """True: run the Triton kernels; False: run the PyTorch reference (CPU). traced: inside
+    a triton_op traced by torch.compile, which launches Triton kernels on CUDA only."""
     kind = x.device.type
     if kind == "cuda":
         if not HAS_TRITON:
             raise RuntimeError("seeddrop needs triton to run on CUDA tensors; pip install triton")
         return True
     if kind == "cpu":
-        return TRITON_INTERPRET and HAS_TRITON
+        return TRITON_INTERPRET and HAS_TRITON and not traced
     raise ValueError(f"seeddrop supports CPU and CUDA tensors, but got a tensor on device '{x.device}'")
 
 
@@ -86,6 +87,27 @@ def check_no_internal_overlap(x: torch.Tensor, name: str = "input") -> None:
                 "performing the operation."
             )
         extent = st * sz
+
+
+# --------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------
+_C_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
+
+
+def lean_apply(function: type):
+    """`function.apply` without autograd.Function.apply's Python layer: its functorch
+    bookkeeping (unwrapping dead wrappers; default-arg binding for setup_context
+    Functions, which ours are not) matters only while functorch transforms (vmap, grad)
+    are active, and then the regular apply is used. Saves ~5 us of host time per call."""
+    c_apply = _C_FUNCTION_APPLY.__get__(None, function)
+    regular_apply = function.apply
+    transforms_active = torch._C._are_functorch_transforms_active
+
+    def apply(*args):
+        return regular_apply(*args) if transforms_active() else c_apply(*args)
+
+    return apply
 
 
 # --------------------------------------------------------------------------

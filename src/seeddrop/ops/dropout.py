@@ -13,6 +13,7 @@ import torch
 
 from .. import stream
 from .._common import (
+    lean_apply,
     Seed,
     View,
     check_float_tensor,
@@ -156,9 +157,10 @@ _KERNEL = FastKernel(_dropout_kernel) if stream.HAS_TRITON else None
 
 
 def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: Seed, p: float,
-           per_row: bool, index_offset: int = 0) -> bool:
+           per_row: bool, index_offset: int = 0, traced: bool = False) -> bool:
     """Run the dropout kernel: out = src * mask (out = int8 mask when src is None).
-    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view."""
+    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view.
+    traced: called from a triton_op body (torch.compile launches the kernel)."""
     mask_only = src is None
     x = out if mask_only else src
     from_ptr = seed.tensor is not None
@@ -176,7 +178,7 @@ def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: 
     args = (x, out, seed.tensor, seed.value, index_offset, v.P, v.S, v.Q, cfg.s_per_program,
             *v.x_strides, *v.out_strides, 1, threshold, scale,
             from_ptr, per_row, *cfg.constexprs[:1], mask_only, not out.is_cuda, *cfg.constexprs[1:])
-    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps)
+    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps, traced)
     return True
 
 
@@ -218,33 +220,34 @@ def dropout_reference(x: torch.Tensor, p: float, seed: Seed, shared: tuple = (),
 # dispatch + autograd
 # --------------------------------------------------------------------------
 def apply_dropout(x: torch.Tensor, p: float, seed: Seed, shared: tuple, per_row: bool,
-                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """out (default: empty_like(x)) = dropout(x) for an already validated call."""
+                  out: Optional[torch.Tensor] = None, traced: bool = False) -> torch.Tensor:
+    """out (default: empty_like(x)) = dropout(x) for an already validated call.
+    traced: the body of the triton_op torch.compile sees."""
     if out is None:
         out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    if not use_triton(x):
+    if not use_triton(x, traced):
         return dropout_reference(x, p, seed, shared, per_row, out=out)
-    if launch(x, out, shared, seed, p, per_row):
+    if launch(x, out, shared, seed, p, per_row, traced=traced):
         return out
     # Strides that do not collapse to [P, S, Q]: run on a canonical copy.
     order = list(shared) + [d for d in range(x.dim()) if d not in shared]
     src = x.permute(order).contiguous()
     tmp = torch.empty_like(src)
-    launch(src, tmp, tuple(range(len(shared))), seed, p, per_row)
+    launch(src, tmp, tuple(range(len(shared))), seed, p, per_row, traced=traced)
     inverse = [order.index(d) for d in range(x.dim())]
     return out.copy_(tmp.permute(inverse))
 
 
-def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device) -> torch.Tensor:
+def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device,
+                        traced: bool = False) -> torch.Tensor:
     """Bool keep mask of `mask_shape` on `device` (kernel on CUDA / interpreter)."""
-    probe = torch.empty((), device=device)
-    if not use_triton(probe):
-        return mask_reference(mask_shape, p, seed, per_row, device)
     out = torch.empty(mask_shape, dtype=torch.int8, device=device)
+    if not use_triton(out, traced):
+        return mask_reference(mask_shape, p, seed, per_row, device)
     if out.numel():
-        launch(None, out, (), seed, p, per_row)
+        launch(None, out, (), seed, p, per_row, traced=traced)
     return out.view(torch.bool)
 
 
@@ -272,16 +275,15 @@ class DropoutFunction(torch.autograd.Function):
         return apply_dropout(grad, ctx.p, seed, ctx.shared, ctx.per_row), None, None, None, None, None, None
 
 
-@torch.library.custom_op("seeddrop::dropout", mutates_args=())
+_apply_dropout_function = lean_apply(DropoutFunction)
+
+
+@torch.library.triton_op("seeddrop::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, p: float,
                shared: List[int], per_row: bool) -> torch.Tensor:
-    """The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction)."""
-    return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row)
-
-
-@dropout_op.register_fake
-def _(x, seed_tensor, seed_value, p, shared, per_row):
-    return torch.empty_like(x)
+    """The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction).
+    A triton_op: Inductor traces this body and launches the kernel from its own code."""
+    return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row, traced=True)
 
 
 def _dropout_op_setup(ctx, inputs, output):
@@ -325,7 +327,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
         out = dropout_op(x, seed.tensor, seed.value, p, list(shared), per_row)
         return x.copy_(out) if inplace else out
     if x.requires_grad and torch.is_grad_enabled():
-        return DropoutFunction.apply(x, seed.tensor, seed.value, p, shared, per_row, inplace)
+        return _apply_dropout_function(x, seed.tensor, seed.value, p, shared, per_row, inplace)
     return apply_dropout(x, p, seed, shared, per_row, out=x if inplace else None)
 
 

@@ -24,10 +24,10 @@ Mask modes (how a tile gets its keep decisions):
 
 Arithmetic: fp32, or fp64 when the output (promote_types(x, residual)) is float64; bias
 (any float dtype) is converted to that type. z = x + bias, a = act(z), out = residual +
-a * m with m = 1/(1-p) or 0, rounded once. Without an activation and with relu the
-kernels compile with fp fusion off, so a * m is rounded before the add, exactly as
-residual + dropout(a) in fp32; with gelu / gelu_tanh / silu fusion is on (fewer
-instructions in compute-bound kernels; those results are within a tolerance anyway).
+a * m with m = 1/(1-p) or 0, rounded once. a * m is an explicitly rounded multiply
+(libdevice mul_rn, never contracted into an fma with the add), so without an activation
+and with relu the result equals residual + dropout(a) in fp32 bit for bit; elsewhere
+the kernels compile with Triton's default fp fusion (as they do under torch.compile).
 
 Backward: saves the seed, plus x and bias when an activation is set (act'(x + bias));
 with activation None nothing of x's size. One kernel writes grad_x = grad_out * m *
@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from .. import stream
 from .._common import (
+    lean_apply,
     Seed,
     cdiv,
     check_float_tensor,
@@ -75,11 +76,21 @@ CPU_TILE_ELEMENTS = 16384
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 
     @triton.jit
     def _const(like, value: tl.constexpr):
         """`value` in like's dtype and shape (a float literal would be rounded to fp32)."""
         return tl.full(like.shape, value, like.dtype)
+
+    @triton.jit
+    def _rounded_product(a, b, INTERPRETER: tl.constexpr):
+        """a * b rounded before any following add (never contracted into an fma), so that
+        residual + a * m equals the unfused residual + dropout(a) bit for bit."""
+        if INTERPRETER:  # numpy: no contraction, and no libdevice
+            return a * b
+        else:
+            return libdevice.mul_rn(a, b)
 
     @triton.jit
     def _sigmoid(z):
@@ -189,8 +200,9 @@ if stream.HAS_TRITON:
             z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
         a = _activation(z, ACT)
         if MASK != 0:
-            a = a * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
-                                mask_row_ptr, mask_col_stride, threshold, scale_bits, a, MASK, SEED_FROM_PTR)
+            m = _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
+                            mask_row_ptr, mask_col_stride, threshold, scale_bits, a, MASK, SEED_FROM_PTR)
+            a = _rounded_product(a, m, SOFTWARE_BF16)
         y = tl.load(res_ptr + off, mask=valid, other=0.0).to(CDT) + a
         tl.store(out_ptr + off, stream.round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
 
@@ -335,14 +347,14 @@ def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool, forward: bool 
     return plan
 
 
-def _mask_args(plan: _Plan, shape, seed: Optional[Seed], cfg: Config, device) -> tuple:
+def _mask_args(plan: _Plan, shape, seed: Optional[Seed], cfg: Config, device, traced: bool) -> tuple:
     """(seed tensor, seed value, int8 mask, int64 row offsets into it, its column stride)."""
     if plan.mode == MASK_NONE:
         return None, 0, None, None, 0
     if plan.mode != MASK_FROM_PTR:
         return seed.tensor, seed.value, None, None, 0
     mask_shape = mask_shape_of(shape, cfg.shared)
-    mask = dropout_mask_tensor(mask_shape, cfg.p, seed, cfg.per_row, device).view(torch.int8)
+    mask = dropout_mask_tensor(mask_shape, cfg.p, seed, cfg.per_row, device, traced).view(torch.int8)
     index = torch.arange(mask.numel(), device=device, dtype=torch.int64).view(mask_shape).expand(shape)
     row_offsets = (index[..., :1] if len(shape) else index).reshape(-1).contiguous()  # R entries
     col_stride = 0 if len(shape) - 1 in cfg.shared else 1
@@ -359,24 +371,12 @@ def _i32(v: int) -> bool:
     return -(1 << 31) <= v < (1 << 31)
 
 
-class _Kernel(FastKernel):
-    """FastKernel compiling with fp fusion off where results must be bitwise equal to the
-    unfused ops (no activation, relu: a * m + r must round the product first, as spec v1
-    does, not contract to an fma); on for gelu / gelu_tanh / silu, whose results are
-    compared within a tolerance anyway and whose kernels are compute bound."""
-
-    def _jit_launch(self, grid, args, num_warps):
-        kwargs = dict(zip(self.names, args))
-        fusion = kwargs["ACT"] in TRANSCENDENTAL_ACTIVATIONS
-        return self.fn[(grid,)](**kwargs, num_warps=num_warps, enable_fp_fusion=fusion)
-
-
-# gelu, gelu_tanh, silu: compute-bound kernels (fp fusion on, narrow bias-reducing tiles in 16-bit)
+# gelu, gelu_tanh, silu: compute-bound kernels (narrow bias-reducing tiles in 16-bit)
 TRANSCENDENTAL_ACTIVATIONS = (2, 3, 4)
 
 
-_FWD = _Kernel(_dropout_add_fwd_kernel) if stream.HAS_TRITON else None
-_BWD = _Kernel(_dropout_add_bwd_kernel) if stream.HAS_TRITON else None
+_FWD = FastKernel(_dropout_add_fwd_kernel) if stream.HAS_TRITON else None
+_BWD = FastKernel(_dropout_add_bwd_kernel) if stream.HAS_TRITON else None
 
 
 def _cdt(dtype: torch.dtype):
@@ -384,11 +384,11 @@ def _cdt(dtype: torch.dtype):
 
 
 def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
-                   seed: Optional[Seed], cfg: Config) -> None:
+                   seed: Optional[Seed], cfg: Config, traced: bool = False) -> None:
     """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
     shape = x.shape
     plan = _plan(shape, out, cfg, False, forward=True)
-    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device)
+    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device, traced)
     threshold, scale = _p_constants(cfg.p)
     key = (shape, x.dtype, residual.dtype, out.dtype, None if bias is None else bias.dtype, cfg.act, plan.mode,
            seed_t is not None, _i32(seed_v), _i32(scale), col_stride, plan.flat, plan.block_r, plan.block_g, x.device)
@@ -396,7 +396,7 @@ def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
             plan.R, plan.C, plan.R * plan.C, threshold, scale,
             cfg.act, bias is not None, plan.mode, seed_t is not None, plan.flat, _cdt(out.dtype),
             not out.is_cuda, plan.block_r, plan.block_g)
-    _FWD.launch(key, plan.grid, args, plan.num_warps)
+    _FWD.launch(key, plan.grid, args, plan.num_warps, traced)
 
 
 def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
@@ -406,12 +406,12 @@ def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
 
 def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     grad_x: torch.Tensor, seed: Optional[Seed], cfg: Config,
-                    reduce_bias: bool) -> Optional[torch.Tensor]:
+                    reduce_bias: bool, traced: bool = False) -> Optional[torch.Tensor]:
     """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
     Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
     shape = grad.shape
     plan = _plan(shape, grad, cfg, reduce_bias)
-    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, grad.device)
+    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, grad.device, traced)
     threshold, scale = _p_constants(cfg.p)
     partial = None
     if reduce_bias:
@@ -425,7 +425,7 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
             plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
             _cdt(grad.dtype), not grad.is_cuda, plan.block_r, plan.block_g)
-    _BWD.launch(key, plan.grid, args, plan.num_warps)
+    _BWD.launch(key, plan.grid, args, plan.num_warps, traced)
     return partial
 
 
@@ -484,24 +484,27 @@ def dropout_add_backward_reference(grad: torch.Tensor, x: Optional[torch.Tensor]
 # dispatch + autograd
 # --------------------------------------------------------------------------
 def apply_dropout_add(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
-                      seed: Optional[Seed], cfg: Config, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      seed: Optional[Seed], cfg: Config, out: Optional[torch.Tensor] = None,
+                      traced: bool = False) -> torch.Tensor:
     """Forward of a validated call. residual broadcasts to x's shape; out (default: a new
-    contiguous tensor of x's shape and the promoted dtype) must be contiguous."""
+    contiguous tensor of x's shape and the promoted dtype) must be contiguous. traced: the
+    body of the triton_op torch.compile sees."""
     out_dtype = torch.promote_types(x.dtype, residual.dtype)
     if out is None:
         out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     if x.numel() == 0:
         return out
-    if not use_triton(x):
+    if not use_triton(x, traced):
         return out.copy_(dropout_add_reference(x, residual, bias, seed, cfg, out_dtype))
     residual = residual.expand(x.shape).contiguous()
-    launch_forward(x.contiguous(), residual, bias.contiguous() if bias is not None else None, out, seed, cfg)
+    launch_forward(x.contiguous(), residual, bias.contiguous() if bias is not None else None, out, seed, cfg,
+                   traced)
     return out
 
 
 def apply_dropout_add_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                                seed: Optional[Seed], cfg: Config, x_dtype: torch.dtype, reduce_bias: bool,
-                               grad_x: Optional[torch.Tensor] = None) -> tuple:
+                               grad_x: Optional[torch.Tensor] = None, traced: bool = False) -> tuple:
     """(grad_x, bias-gradient column sums in the compute dtype or None) for grad_out `grad`.
     x and bias are needed only when cfg.act is set; grad_x (if given) must be contiguous."""
     if grad_x is None:
@@ -510,11 +513,12 @@ def apply_dropout_add_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bi
     if grad.numel() == 0:
         return grad_x, (torch.zeros(C, dtype=compute_dtype(grad.dtype), device=grad.device)
                         if reduce_bias else None)
-    if not use_triton(grad):
+    if not use_triton(grad, traced):
         gx, bias_sum = dropout_add_backward_reference(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
         return grad_x.copy_(gx), bias_sum
     partial = launch_backward(grad.contiguous(), x.contiguous() if x is not None else None,
-                              bias.contiguous() if bias is not None else None, grad_x, seed, cfg, reduce_bias)
+                              bias.contiguous() if bias is not None else None, grad_x, seed, cfg, reduce_bias,
+                              traced)
     return grad_x, partial.sum(0) if reduce_bias else None  # fixed-order reduction of the chunks
 
 
@@ -552,21 +556,21 @@ class DropoutAddFunction(torch.autograd.Function):
         return grad_x, grad_residual, grad_bias, None, None, None
 
 
+_apply_dropout_add_function = lean_apply(DropoutAddFunction)
+
+
 # torch.compile sees these ops (eager calls skip the dispatcher and use DropoutAddFunction).
-@torch.library.custom_op("seeddrop::dropout_add", mutates_args=())
+# triton_ops: Inductor traces their bodies and launches the kernels from its own code.
+@torch.library.triton_op("seeddrop::dropout_add", mutates_args=())
 def dropout_add_op(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
                    seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
                    shared: List[int], per_row: bool, act: int) -> torch.Tensor:
     cfg = Config(p, masked, tuple(shared), per_row, act)
-    return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg)
+    return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg,
+                             traced=True)
 
 
-@dropout_add_op.register_fake
-def _(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
-    return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
-
-
-@torch.library.custom_op("seeddrop::dropout_add_backward", mutates_args=())
+@torch.library.triton_op("seeddrop::dropout_add_backward", mutates_args=())
 def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                             seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
                             shared: List[int], per_row: bool, act: int, x_dtype: torch.dtype,
@@ -574,14 +578,8 @@ def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias:
     """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
     cfg = Config(p, masked, tuple(shared), per_row, act)
     seed = Seed(seed_tensor, seed_value) if masked else None
-    grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
+    grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias, traced=True)
     return grad_x, bias_sum if reduce_bias else grad.new_empty(0, dtype=compute_dtype(grad.dtype))
-
-
-@dropout_add_backward_op.register_fake
-def _(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act, x_dtype, reduce_bias):
-    columns = (grad.shape[-1] if grad.dim() else 1) if reduce_bias else 0
-    return grad.new_empty(grad.shape, dtype=x_dtype), grad.new_empty(columns, dtype=compute_dtype(grad.dtype))
 
 
 def _dropout_add_op_setup(ctx, inputs, output):
@@ -678,5 +676,5 @@ def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, trainin
         return dropout_add_op(x, residual, bias, seed.tensor, seed.value, p, masked, list(shared), per_row, act)
     needs_grad = x.requires_grad or residual.requires_grad or (bias is not None and bias.requires_grad)
     if needs_grad and torch.is_grad_enabled():
-        return DropoutAddFunction.apply(x, residual, bias, seed.tensor, seed.value, cfg)
+        return _apply_dropout_add_function(x, residual, bias, seed.tensor, seed.value, cfg)
     return apply_dropout_add(x, residual, bias, seed if masked else None, cfg)

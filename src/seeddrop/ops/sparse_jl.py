@@ -25,6 +25,7 @@ import torch
 
 from .. import stream
 from .._common import (
+    lean_apply,
     FLOAT_DTYPES,
     Seed,
     check_float_tensor,
@@ -35,6 +36,7 @@ from .._common import (
     sm_count,
     use_triton,
 )
+from .._launch import traceable
 
 ROW_SHIFT = 32  # entry (j, c) has logical stream index (j << ROW_SHIFT) + c
 MAX_IN_FEATURES = 1 << ROW_SHIFT
@@ -303,13 +305,14 @@ def _dot_mode(dtype: torch.dtype, cuda: bool) -> int:
 
 
 def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed, forward: bool,
-                   config: Optional[JLConfig] = None) -> torch.Tensor:
+                   config: Optional[JLConfig] = None, traced: bool = False) -> torch.Tensor:
     """out[M, N] = a[M, R] @ (S.T if forward else S) with the Triton kernels.
 
     a: 2-D, any strides; out: contiguous [M, N] of a's dtype, every element written.
     Forward: R = in_features, N = out_features; backward: R = out_features, N = in_features.
     With split > 1 the kernel writes fp32 (fp64) partial sums [split, M, N] (the only
-    temporary) and _jl_reduce_kernel adds them in a fixed order.
+    temporary) and _jl_reduce_kernel adds them in a fixed order. traced: called from the
+    triton_op body torch.compile traces.
     """
     M, R = a.shape
     N = out.shape[1]
@@ -321,8 +324,9 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
     on_gpu = a.is_cuda
     scale_bits = _float64_bits(params.scale)
-    _jl_matmul_kernel[(tiles * splits,)](
-        a, out if part is None else part, seed.tensor, seed.value, M, N, R, r_per_split,
+    seed_ptr = seed.tensor if seed.tensor is not None or not traced else a  # unread without SEED_FROM_PTR
+    traceable(_jl_matmul_kernel, traced)[(tiles * splits,)](
+        a, out if part is None else part, seed_ptr, seed.value, M, N, R, r_per_split,
         a.stride(0), a.stride(1), M * N, N, 1, params.threshold, scale_bits,
         FORWARD=forward, SWAP=cfg.swap, PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None,
         DOT_MODE=_dot_mode(a.dtype, on_gpu), USE_WHILE=not on_gpu, SOFTWARE_BF16=not on_gpu,
@@ -331,7 +335,7 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     )
     if part is not None:
         block = 1024 if on_gpu else 16384
-        _jl_reduce_kernel[(triton.cdiv(M * N, block),)](part, out, splits, M * N, scale_bits,
+        traceable(_jl_reduce_kernel, traced)[(triton.cdiv(M * N, block),)](part, out, splits, M * N, scale_bits,
                                                         SOFTWARE_BF16=not on_gpu, BLOCK=block)
     return out
 
@@ -408,13 +412,13 @@ def sparse_jl_reference(x: torch.Tensor, out_features: int, seed, *, density=Non
 # --------------------------------------------------------------------------
 # dispatch + autograd
 # --------------------------------------------------------------------------
-def _project(x: torch.Tensor, params: JLParams, seed: Seed, forward: bool) -> torch.Tensor:
+def _project(x: torch.Tensor, params: JLParams, seed: Seed, forward: bool, traced: bool = False) -> torch.Tensor:
     """x[..., R] -> x @ op(S) [..., N] for a validated call (kernels or reference)."""
     n_out = params.out_features if forward else params.in_features
     a = x.reshape(-1, x.shape[-1])  # a view when the leading dims collapse, else a copy
-    if use_triton(x):
+    if use_triton(x, traced):
         out = torch.empty((a.shape[0], n_out), dtype=x.dtype, device=x.device)
-        launch_project(a, out, params, seed, forward)
+        launch_project(a, out, params, seed, forward, traced=traced)
     else:
         out = project_reference(a, params, seed, forward)
     return out.reshape(*x.shape[:-1], n_out)
@@ -439,17 +443,16 @@ class SparseJLFunction(torch.autograd.Function):
         return grad_a, None, None, None, None
 
 
-# torch.compile sees this op (eager calls skip the dispatcher and use SparseJLFunction).
-@torch.library.custom_op("seeddrop::sparse_jl", mutates_args=())
+_apply_sparse_jl_function = lean_apply(SparseJLFunction)
+
+
+# torch.compile sees this op (eager calls skip the dispatcher and use SparseJLFunction); a
+# triton_op: Inductor traces its body and launches the kernels from its own code.
+@torch.library.triton_op("seeddrop::sparse_jl", mutates_args=())
 def sparse_jl_op(a: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, out_features: int,
                  in_features: int, density: float, forward: bool) -> torch.Tensor:
     params = jl_params(out_features, in_features, density)
-    return _project(a, params, Seed(seed_tensor, seed_value), forward)
-
-
-@sparse_jl_op.register_fake
-def _(a, seed_tensor, seed_value, out_features, in_features, density, forward):
-    return a.new_empty(*a.shape[:-1], out_features if forward else in_features)
+    return _project(a, params, Seed(seed_tensor, seed_value), forward, traced=True)
 
 
 def _sparse_jl_op_setup(ctx, inputs, output):
@@ -494,7 +497,7 @@ def sparse_jl(x: torch.Tensor, out_features: int, seed, *, density=None) -> torc
     if torch.compiler.is_compiling():
         return sparse_jl_op(x, seed.tensor, seed.value, params.out_features, params.in_features, params.density, True)
     if x.requires_grad and torch.is_grad_enabled():
-        return SparseJLFunction.apply(x, seed.tensor, seed.value, params, True)
+        return _apply_sparse_jl_function(x, seed.tensor, seed.value, params, True)
     return _project(x, params, seed, True)
 
 
