@@ -25,7 +25,7 @@ def main():
     cfg = next(iter(dmod._CONFIGS.values()))
     v = cfg.view
     args = (x, out, None, 5, 0, v.P, v.S, v.Q, cfg.s_per_program, *v.x_strides, *v.out_strides, 1,
-            6554, dmod.scale_bits(0.1), False, False, True, False, False, *cfg.constexprs[1:])
+            6554, *dmod.scale_halves(0.1), False, False, True, False, False, *cfg.constexprs[1:])
     stream = torch._C._cuda_getCurrentRawStream(0)
     y_native = F.dropout(xr, 0.1)
     y_ours = seeddrop.dropout(xr, 0.1)

@@ -8,7 +8,7 @@ from triton.testing import do_bench
 
 import seeddrop
 from seeddrop import stream
-from seeddrop._common import Seed, plan_view, scale_bits
+from seeddrop._common import Seed, plan_view, scale_halves
 from seeddrop.ops import dropout as dmod
 
 
@@ -19,7 +19,7 @@ def kernel_time(x, out, block_p, block_g, warps, seed):
     def fn():
         dmod._dropout_kernel[(tiles,)](
             x, out, seed.tensor, seed.value, 0, view.P, view.S, view.Q, 1,
-            *view.x_strides, *view.out_strides, 1, stream.threshold(0.1), scale_bits(0.1),
+            *view.x_strides, *view.out_strides, 1, stream.threshold(0.1), *scale_halves(0.1),
             SEED_FROM_PTR=seed.tensor is not None, PER_ROW=False, ALIGNED=True, MASK_ONLY=False,
             SOFTWARE_BF16=False, BLOCK_P=block_p, BLOCK_G=block_g, num_warps=warps)
     return do_bench(fn, warmup=25, rep=100, return_mode="median")

@@ -198,10 +198,27 @@ def seed_as_tensor(seed: Seed, device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # scale
 # --------------------------------------------------------------------------
-def scale_bits(p: float) -> int:
-    """Bits of the float64 1/(1-p) (0 for p == 1), passed to kernels as an int64."""
-    scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
-    return struct.unpack("<q", struct.pack("<d", scale))[0]
+def float64_halves(value: float) -> tuple:
+    """(hi, lo): the 64 bits of the float64 `value` as two signed 32-bit ints, hi the upper
+    word (stream.float64_from_halves rebuilds it in a kernel). Kernels take 64-bit
+    constants this way because torch.compile cannot pass an int beyond 32 bits to a
+    user Triton kernel."""
+    bits = struct.unpack("<q", struct.pack("<d", value))[0]
+    hi, lo = bits >> 32, bits & 0xFFFFFFFF
+    return hi, lo - (1 << 32) if lo >= 1 << 31 else lo
+
+
+def scale_halves(p: float) -> tuple:
+    """float64_halves of the dropout scale 1/(1-p) (0 for p == 1)."""
+    return float64_halves(0.0 if p >= 1.0 else 1.0 / (1.0 - p))
+
+
+def traced_seed(seed: Seed, device) -> Seed:
+    """The seed a traced triton_op passes to its kernels: an int seed becomes a 0-d int64
+    tensor (torch.compile cannot pass a 64-bit int to a user Triton kernel)."""
+    if seed is None or seed.tensor is not None:
+        return seed
+    return Seed(torch.full((), seed.value, dtype=torch.int64, device=device), 0)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -76,6 +76,13 @@ if HAS_TRITON:
         return lane_bits(w0, w1, w2, w3, (index & 7).to(tl.int32)) >= threshold
 
     @triton.jit
+    def float64_from_halves(hi, lo):
+        """The float64 with bits (hi << 32) | (lo mod 2**32), hi and lo 32-bit ints (see
+        _common.float64_halves); written to accept them as runtime ints or constants."""
+        bits = ((hi + tl.zeros([], tl.int64)) << 32) | ((lo + tl.zeros([], tl.int64)) & 0xFFFFFFFF)
+        return bits.to(tl.float64, bitcast=True)
+
+    @triton.jit
     def round_to(y, dtype: tl.constexpr, SOFTWARE_BF16: tl.constexpr):
         """Round fp32/fp64 `y` once to `dtype` (round to nearest even). SOFTWARE_BF16:
         do the bf16 rounding in integer arithmetic (Triton's CPU interpreter truncates)."""

@@ -26,8 +26,9 @@ from .._common import (
     normalize_dims,
     plan_view,
     resolve_seed,
-    scale_bits,
+    scale_halves,
     seed_as_tensor,
+    traced_seed,
     sm_count,
     use_triton,
 )
@@ -37,12 +38,12 @@ if stream.HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit(do_not_specialize=["seed_value", "index_offset", "threshold", "scale_bits"])
+    @triton.jit(do_not_specialize=["seed_value", "index_offset", "threshold", "scale_hi", "scale_lo"])
     def _dropout_kernel(
         x_ptr, out_ptr, seed_ptr, seed_value: tl.int64, index_offset: tl.int64,
         P, S, Q, s_per_program,
         x_sp, x_ss, x_sq, o_sp, o_ss, o_sq, seed_stride,
-        threshold, scale_bits: tl.int64,
+        threshold, scale_hi, scale_lo,
         SEED_FROM_PTR: tl.constexpr, PER_ROW: tl.constexpr, ALIGNED: tl.constexpr,
         MASK_ONLY: tl.constexpr, SOFTWARE_BF16: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
     ):
@@ -86,7 +87,7 @@ if stream.HAS_TRITON:
         if MASK_ONLY:
             tl.store(out_ptr + o_off, keep.to(tl.int8), mask=in_bounds)
         else:
-            scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            scale = stream.float64_from_halves(scale_hi, scale_lo)
             if x_ptr.dtype.element_ty != tl.float64:
                 scale = scale.to(tl.float32)
             multiplier = tl.where(keep, scale, 0.0)
@@ -151,7 +152,7 @@ PROGRAMS_PER_SM = 1024
 
 @functools.lru_cache(maxsize=256)
 def _p_constants(p: float):
-    return stream.threshold(p), scale_bits(p)
+    return stream.threshold(p), scale_halves(p)
 
 _KERNEL = FastKernel(_dropout_kernel) if stream.HAS_TRITON else None
 
@@ -176,7 +177,7 @@ def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: 
     v = cfg.view
     threshold, scale = _p_constants(p)
     args = (x, out, seed.tensor, seed.value, index_offset, v.P, v.S, v.Q, cfg.s_per_program,
-            *v.x_strides, *v.out_strides, 1, threshold, scale,
+            *v.x_strides, *v.out_strides, 1, threshold, *scale,
             from_ptr, per_row, *cfg.constexprs[:1], mask_only, not out.is_cuda, *cfg.constexprs[1:])
     _KERNEL.launch(key, cfg.grid, args, cfg.num_warps, traced)
     return True
@@ -283,7 +284,8 @@ def dropout_op(x: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value:
                shared: List[int], per_row: bool) -> torch.Tensor:
     """The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction).
     A triton_op: Inductor traces this body and launches the kernel from its own code."""
-    return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row, traced=True)
+    seed = traced_seed(Seed(seed_tensor, seed_value), x.device)
+    return apply_dropout(x, p, seed, tuple(shared), per_row, traced=True)
 
 
 def _dropout_op_setup(ctx, inputs, output):

@@ -57,7 +57,8 @@ from .._common import (
     next_pow2,
     normalize_dims,
     resolve_seed,
-    scale_bits,
+    scale_halves,
+    traced_seed,
     sm_count,
     use_triton,
 )
@@ -160,7 +161,7 @@ if stream.HAS_TRITON:
 
     @triton.jit
     def _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr, mask_row_ptr,
-                    mask_col_stride, threshold, scale_bits, like, MASK: tl.constexpr, SEED_FROM_PTR: tl.constexpr):
+                    mask_col_stride, threshold, scale_hi, scale_lo, like, MASK: tl.constexpr, SEED_FROM_PTR: tl.constexpr):
         """Dropout multiplier of the tile: 1/(1-p) where kept, 0 where dropped (like's dtype)."""
         if MASK == 4:  # MASK_FROM_PTR: the materialized reduced mask
             base = tl.load(mask_row_ptr + rows, mask=rows < R, other=0)
@@ -177,13 +178,13 @@ if stream.HAS_TRITON:
                 keep = stream.group_keep_tile(seed, groups, threshold)
             else:  # MASK_UNALIGNED
                 keep = stream.keep_at_index(seed, off, threshold)
-        scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(like.dtype)
+        scale = stream.float64_from_halves(scale_hi, scale_lo).to(like.dtype)
         return tl.where(keep, scale, 0.0).to(like.dtype)
 
-    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
     def _dropout_add_fwd_kernel(
         x_ptr, res_ptr, bias_ptr, out_ptr, seed_ptr, seed_value, mask_ptr, mask_row_ptr, mask_col_stride,
-        R, C, N, threshold, scale_bits,
+        R, C, N, threshold, scale_hi, scale_lo,
         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, MASK: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
         FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -201,15 +202,15 @@ if stream.HAS_TRITON:
         a = _activation(z, ACT)
         if MASK != 0:
             m = _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
-                            mask_row_ptr, mask_col_stride, threshold, scale_bits, a, MASK, SEED_FROM_PTR)
+                            mask_row_ptr, mask_col_stride, threshold, scale_hi, scale_lo, a, MASK, SEED_FROM_PTR)
             a = _rounded_product(a, m, SOFTWARE_BF16)
         y = tl.load(res_ptr + off, mask=valid, other=0.0).to(CDT) + a
         tl.store(out_ptr + off, stream.round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
 
-    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
     def _dropout_add_bwd_kernel(
         g_ptr, x_ptr, bias_ptr, gx_ptr, partial_ptr, seed_ptr, seed_value, mask_ptr, mask_row_ptr, mask_col_stride,
-        R, C, N, tiles_per_program, threshold, scale_bits,
+        R, C, N, tiles_per_program, threshold, scale_hi, scale_lo,
         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, REDUCE_BIAS: tl.constexpr, MASK: tl.constexpr,
         SEED_FROM_PTR: tl.constexpr, FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -234,7 +235,7 @@ if stream.HAS_TRITON:
             g = tl.load(g_ptr + off, mask=valid, other=0.0).to(CDT)
             if MASK != 0:
                 g = g * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
-                                    mask_row_ptr, mask_col_stride, threshold, scale_bits, g, MASK, SEED_FROM_PTR)
+                                    mask_row_ptr, mask_col_stride, threshold, scale_hi, scale_lo, g, MASK, SEED_FROM_PTR)
             if ACT != 0:
                 z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
                 if HAS_BIAS:
@@ -363,7 +364,7 @@ def _mask_args(plan: _Plan, shape, seed: Optional[Seed], cfg: Config, device, tr
 
 @functools.lru_cache(maxsize=256)
 def _p_constants(p: float) -> tuple:
-    return stream.threshold(p), scale_bits(p)
+    return stream.threshold(p), scale_halves(p)
 
 
 def _i32(v: int) -> bool:
@@ -391,9 +392,9 @@ def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
     seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device, traced)
     threshold, scale = _p_constants(cfg.p)
     key = (shape, x.dtype, residual.dtype, out.dtype, None if bias is None else bias.dtype, cfg.act, plan.mode,
-           seed_t is not None, _i32(seed_v), _i32(scale), col_stride, plan.flat, plan.block_r, plan.block_g, x.device)
+           seed_t is not None, _i32(seed_v), col_stride, plan.flat, plan.block_r, plan.block_g, x.device)
     args = (x, residual, bias, out, seed_t, seed_v, mask, row_off, col_stride,
-            plan.R, plan.C, plan.R * plan.C, threshold, scale,
+            plan.R, plan.C, plan.R * plan.C, threshold, *scale,
             cfg.act, bias is not None, plan.mode, seed_t is not None, plan.flat, _cdt(out.dtype),
             not out.is_cuda, plan.block_r, plan.block_g)
     _FWD.launch(key, plan.grid, args, plan.num_warps, traced)
@@ -419,10 +420,10 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
     if cfg.act == 0:
         x = bias = None  # act'(z) = 1: x + bias is not read
     key = (shape, grad.dtype, None if x is None else x.dtype, grad_x.dtype, None if bias is None else bias.dtype,
-           cfg.act, reduce_bias, plan.mode, seed_t is not None, _i32(seed_v), _i32(scale), col_stride, plan.flat,
+           cfg.act, reduce_bias, plan.mode, seed_t is not None, _i32(seed_v), col_stride, plan.flat,
            plan.block_r, plan.block_g, grad.device)
     args = (grad, x, bias, grad_x, partial, seed_t, seed_v, mask, row_off, col_stride,
-            plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, scale,
+            plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, *scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
             _cdt(grad.dtype), not grad.is_cuda, plan.block_r, plan.block_g)
     _BWD.launch(key, plan.grid, args, plan.num_warps, traced)
@@ -566,8 +567,8 @@ def dropout_add_op(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
                    seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
                    shared: List[int], per_row: bool, act: int) -> torch.Tensor:
     cfg = Config(p, masked, tuple(shared), per_row, act)
-    return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg,
-                             traced=True)
+    seed = traced_seed(Seed(seed_tensor, seed_value), x.device) if masked else None
+    return apply_dropout_add(x, residual, bias, seed, cfg, traced=True)
 
 
 @torch.library.triton_op("seeddrop::dropout_add_backward", mutates_args=())
@@ -577,7 +578,7 @@ def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias:
                             reduce_bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
     cfg = Config(p, masked, tuple(shared), per_row, act)
-    seed = Seed(seed_tensor, seed_value) if masked else None
+    seed = traced_seed(Seed(seed_tensor, seed_value), grad.device) if masked else None
     grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias, traced=True)
     return grad_x, bias_sum if reduce_bias else grad.new_empty(0, dtype=compute_dtype(grad.dtype))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import struct
 from typing import NamedTuple, Optional
 
 import torch
@@ -31,9 +30,11 @@ from .._common import (
     check_float_tensor,
     compute_dtype,
     draw_seed,
+    float64_halves,
     resolve_seed,
     seed_as_tensor,
     sm_count,
+    traced_seed,
     use_triton,
 )
 from .._launch import traceable
@@ -75,10 +76,6 @@ def jl_params(out_features, in_features, density=None) -> JLParams:
     half = max(1, math.floor(steps) + (steps - math.floor(steps) >= 0.5))
     rho = half / _DENSITY_STEPS
     return JLParams(k, d, 2 * half, rho, math.sqrt(1.0 / (rho * k)))
-
-
-def _float64_bits(value: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", value))[0]
 
 
 # --------------------------------------------------------------------------
@@ -163,21 +160,21 @@ if stream.HAS_TRITON:
                 return _mma(a, s, acc, True, DOT_MODE)
 
     @triton.jit
-    def _store(acc, out_ptr, offset, live, split, o_ss, scale_bits,
+    def _store(acc, out_ptr, offset, live, split, o_ss, scale_hi, scale_lo,
                PARTIAL: tl.constexpr, SOFTWARE_BF16: tl.constexpr):
         """PARTIAL: the raw accumulator into split `split` of the partials; else round(acc * scale),
-        the scale being the float64 with bits scale_bits, in acc's dtype."""
+        the scale being the float64 of float64_halves (scale_hi, scale_lo), in acc's dtype."""
         if PARTIAL:
             tl.store(out_ptr + split * o_ss + offset, acc, mask=live)
         else:
-            scale = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc.dtype)
+            scale = stream.float64_from_halves(scale_hi, scale_lo).to(acc.dtype)
             tl.store(out_ptr + offset, stream.round_to(acc * scale, out_ptr.dtype.element_ty, SOFTWARE_BF16),
                      mask=live)
 
-    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
     def _jl_matmul_kernel(
         a_ptr, out_ptr, seed_ptr, seed_value, M, N, R, r_per_split,
-        a_sm, a_sr, o_ss, o_sm, o_sn, threshold, scale_bits,
+        a_sm, a_sr, o_ss, o_sm, o_sn, threshold, scale_hi, scale_lo,
         FORWARD: tl.constexpr, SWAP: tl.constexpr, PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
         DOT_MODE: tl.constexpr, USE_WHILE: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -215,10 +212,10 @@ if stream.HAS_TRITON:
         else:
             offset = offs_m[:, None] * o_sm + offs_n[None, :] * o_sn
             live = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        _store(acc, out_ptr, offset, live, split, o_ss, scale_bits, PARTIAL, SOFTWARE_BF16)
+        _store(acc, out_ptr, offset, live, split, o_ss, scale_hi, scale_lo, PARTIAL, SOFTWARE_BF16)
 
-    @triton.jit(do_not_specialize=["scale_bits"])
-    def _jl_reduce_kernel(part_ptr, out_ptr, n_split, numel, scale_bits,
+    @triton.jit(do_not_specialize=["scale_hi", "scale_lo"])
+    def _jl_reduce_kernel(part_ptr, out_ptr, n_split, numel, scale_hi, scale_lo,
                           SOFTWARE_BF16: tl.constexpr, BLOCK: tl.constexpr):
         """out = round(scale * sum_s part[s]) over contiguous [n_split, numel] partials (fixed order)."""
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -230,10 +227,10 @@ if stream.HAS_TRITON:
             ptrs += numel
             acc += tl.load(ptrs, mask=live, other=0.0)
             s += 1
-        _store(acc, out_ptr, offs, live, 0, 0, scale_bits, False, SOFTWARE_BF16)
+        _store(acc, out_ptr, offs, live, 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
-    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_bits"])
-    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value, K, D, o_sj, o_sc, threshold, scale_bits,
+    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
+    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value, K, D, o_sj, o_sc, threshold, scale_hi, scale_lo,
                           SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
                           BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr):
         """out = S (sign * scale, rounded once to out's dtype), a [BLOCK_J, 8 * BLOCK_G] tile per program."""
@@ -245,7 +242,7 @@ if stream.HAS_TRITON:
         CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
         signs = _sign_tile(_seed(seed_ptr, seed_value, SEED_FROM_PTR), rows, col0, threshold, BLOCK_G, CDT)
         _store(signs, out_ptr, rows[:, None] * o_sj + cols[None, :] * o_sc,
-               (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_bits, False, SOFTWARE_BF16)
+               (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
 
 class JLConfig(NamedTuple):
@@ -323,11 +320,10 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     r_per_split, splits = split_plan(M, N, R, cfg, a.device)
     part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
     on_gpu = a.is_cuda
-    scale_bits = _float64_bits(params.scale)
-    seed_ptr = seed.tensor if seed.tensor is not None or not traced else a  # unread without SEED_FROM_PTR
+    scale = float64_halves(params.scale)
     traceable(_jl_matmul_kernel, traced)[(tiles * splits,)](
-        a, out if part is None else part, seed_ptr, seed.value, M, N, R, r_per_split,
-        a.stride(0), a.stride(1), M * N, N, 1, params.threshold, scale_bits,
+        a, out if part is None else part, seed.tensor, seed.value, M, N, R, r_per_split,
+        a.stride(0), a.stride(1), M * N, N, 1, params.threshold, *scale,
         FORWARD=forward, SWAP=cfg.swap, PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None,
         DOT_MODE=_dot_mode(a.dtype, on_gpu), USE_WHILE=not on_gpu, SOFTWARE_BF16=not on_gpu,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
@@ -335,7 +331,7 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     )
     if part is not None:
         block = 1024 if on_gpu else 16384
-        traceable(_jl_reduce_kernel, traced)[(triton.cdiv(M * N, block),)](part, out, splits, M * N, scale_bits,
+        traceable(_jl_reduce_kernel, traced)[(triton.cdiv(M * N, block),)](part, out, splits, M * N, *scale,
                                                         SOFTWARE_BF16=not on_gpu, BLOCK=block)
     return out
 
@@ -347,7 +343,7 @@ def launch_matrix(out: torch.Tensor, params: JLParams, seed: Seed) -> torch.Tens
     grid = triton.cdiv(K, block_j) * triton.cdiv(D, 8 * block_g)
     _jl_matrix_kernel[(grid,)](
         out, seed.tensor, seed.value, K, D, out.stride(0), out.stride(1),
-        params.threshold, _float64_bits(params.scale),
+        params.threshold, *float64_halves(params.scale),
         SEED_FROM_PTR=seed.tensor is not None, SOFTWARE_BF16=not out.is_cuda,
         BLOCK_J=block_j, BLOCK_G=block_g, num_warps=4,
     )
@@ -452,7 +448,7 @@ _apply_sparse_jl_function = lean_apply(SparseJLFunction)
 def sparse_jl_op(a: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, out_features: int,
                  in_features: int, density: float, forward: bool) -> torch.Tensor:
     params = jl_params(out_features, in_features, density)
-    return _project(a, params, Seed(seed_tensor, seed_value), forward, traced=True)
+    return _project(a, params, traced_seed(Seed(seed_tensor, seed_value), a.device), forward, traced=True)
 
 
 def _sparse_jl_op_setup(ctx, inputs, output):
