@@ -37,6 +37,8 @@ from .._launch import FastKernel
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
+    # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    from ..stream import float64_from_halves, group_keep_tile, keep_at_index, round_to
 
     @triton.jit(do_not_specialize=["seed_value", "index_offset", "threshold", "scale_hi", "scale_lo"])
     def _dropout_kernel(
@@ -75,19 +77,19 @@ if stream.HAS_TRITON:
                 group_idx += tl.zeros([BLOCK_P, 1], tl.int64)
             else:
                 group_idx += rows[:, None] * (Q // 8)
-            keep = stream.group_keep_tile(seed, group_idx, threshold)
+            keep = group_keep_tile(seed, group_idx, threshold)
         else:
             index = index_offset + cols
             if PER_ROW:
-                keep = stream.keep_at_index(seed[:, :, None], index + 0 * r3, threshold)
+                keep = keep_at_index(seed[:, :, None], index + 0 * r3, threshold)
             else:
-                keep = stream.keep_at_index(seed, index + r3 * Q, threshold)
+                keep = keep_at_index(seed, index + r3 * Q, threshold)
 
         o_off = r3 * o_sp + cols * o_sq
         if MASK_ONLY:
             tl.store(out_ptr + o_off, keep.to(tl.int8), mask=in_bounds)
         else:
-            scale = stream.float64_from_halves(scale_hi, scale_lo)
+            scale = float64_from_halves(scale_hi, scale_lo)
             if x_ptr.dtype.element_ty != tl.float64:
                 scale = scale.to(tl.float32)
             multiplier = tl.where(keep, scale, 0.0)
@@ -98,7 +100,7 @@ if stream.HAS_TRITON:
                 live = in_bounds & (s < S)
                 x = tl.load(x_ptr + s * x_ss + x_off, mask=live)
                 y = x.to(multiplier.dtype) * multiplier
-                tl.store(out_ptr + s * o_ss + o_off, stream.round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=live)
+                tl.store(out_ptr + s * o_ss + o_off, round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=live)
                 s += 1
 
 

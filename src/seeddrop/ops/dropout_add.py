@@ -77,7 +77,9 @@ CPU_TILE_ELEMENTS = 16384
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
-    from triton.language.extra import libdevice
+    # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    from ..stream import float64_from_halves, group_keep_tile, keep_at_index, round_to
+    from triton.language.extra.libdevice import mul_rn
 
     @triton.jit
     def _const(like, value: tl.constexpr):
@@ -91,7 +93,7 @@ if stream.HAS_TRITON:
         if INTERPRETER:  # numpy: no contraction, and no libdevice
             return a * b
         else:
-            return libdevice.mul_rn(a, b)
+            return mul_rn(a, b)
 
     @triton.jit
     def _sigmoid(z):
@@ -168,17 +170,17 @@ if stream.HAS_TRITON:
             keep = tl.load(mask_ptr + base[:, None, None] + col * mask_col_stride, mask=valid, other=0) != 0
         elif MASK == 2:  # MASK_PER_ROW: key seed[row], index = column
             seed = tl.load(seed_ptr + rows, mask=rows < R, other=0)[:, None]
-            keep = stream.group_keep_tile(seed, gcols[None, :] + tl.zeros_like(seed), threshold)
+            keep = group_keep_tile(seed, gcols[None, :] + tl.zeros_like(seed), threshold)
         else:
             if SEED_FROM_PTR:
                 seed = tl.load(seed_ptr)
             else:
                 seed = seed_value
             if MASK == 1:  # MASK_ALIGNED
-                keep = stream.group_keep_tile(seed, groups, threshold)
+                keep = group_keep_tile(seed, groups, threshold)
             else:  # MASK_UNALIGNED
-                keep = stream.keep_at_index(seed, off, threshold)
-        scale = stream.float64_from_halves(scale_hi, scale_lo).to(like.dtype)
+                keep = keep_at_index(seed, off, threshold)
+        scale = float64_from_halves(scale_hi, scale_lo).to(like.dtype)
         return tl.where(keep, scale, 0.0).to(like.dtype)
 
     @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
@@ -205,7 +207,7 @@ if stream.HAS_TRITON:
                             mask_row_ptr, mask_col_stride, threshold, scale_hi, scale_lo, a, MASK, SEED_FROM_PTR)
             a = _rounded_product(a, m, SOFTWARE_BF16)
         y = tl.load(res_ptr + off, mask=valid, other=0.0).to(CDT) + a
-        tl.store(out_ptr + off, stream.round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
+        tl.store(out_ptr + off, round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
 
     @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
     def _dropout_add_bwd_kernel(
@@ -241,7 +243,7 @@ if stream.HAS_TRITON:
                 if HAS_BIAS:
                     z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
                 g = _activation_grad(g, z, ACT)
-            tl.store(gx_ptr + off, stream.round_to(g, gx_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
+            tl.store(gx_ptr + off, round_to(g, gx_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
             if REDUCE_BIAS:
                 acc += tl.where(valid, g, 0.0)
             t += 1

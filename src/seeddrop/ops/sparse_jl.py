@@ -84,6 +84,8 @@ def jl_params(out_features, in_features, density=None) -> JLParams:
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
+    # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    from ..stream import float64_from_halves, group_draws_tile, round_to
 
     _GROUP_ROW_SHIFT: tl.constexpr = tl.constexpr(ROW_SHIFT - 3)
 
@@ -101,7 +103,7 @@ if stream.HAS_TRITON:
         8 * G columns col0 .. col0 + 8G - 1 (col0 % 8 == 0): [R, 8 * G], one Philox call
         per 8 entries."""
         groups = (rows[:, None] << _GROUP_ROW_SHIFT) + ((col0 >> 3) + tl.arange(0, G).to(tl.int64))[None, :]
-        u = tl.reshape(stream.group_draws_tile(seed, groups), [rows.shape[0], 8 * G])
+        u = tl.reshape(group_draws_tile(seed, groups), [rows.shape[0], 8 * G])
         nonzero = u < threshold
         odd = u & 1
         if dtype == tl.float16:
@@ -167,8 +169,8 @@ if stream.HAS_TRITON:
         if PARTIAL:
             tl.store(out_ptr + split * o_ss + offset, acc, mask=live)
         else:
-            scale = stream.float64_from_halves(scale_hi, scale_lo).to(acc.dtype)
-            tl.store(out_ptr + offset, stream.round_to(acc * scale, out_ptr.dtype.element_ty, SOFTWARE_BF16),
+            scale = float64_from_halves(scale_hi, scale_lo).to(acc.dtype)
+            tl.store(out_ptr + offset, round_to(acc * scale, out_ptr.dtype.element_ty, SOFTWARE_BF16),
                      mask=live)
 
     @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
