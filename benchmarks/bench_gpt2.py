@@ -7,7 +7,7 @@ seeddrop.replace_dropout; and a variant whose two residual dropouts are
 seeddrop.dropout_add. Each in eager mode and under torch.compile. Reports median step time
 and peak memory.
 
-python benchmarks/bench_gpt2.py --out DIR [--layers 12] [--steps 20] [--no-compile]
+python benchmarks/bench_gpt2.py --out DIR [--layers 12] [--steps 20] [--no-compile] [--no-eager] [--variants ...]
 """
 import argparse
 import os
@@ -102,15 +102,15 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-eager", action="store_true")
+    ap.add_argument("--variants", nargs="*", default=["nn.Dropout", "seeddrop.Dropout", "seeddrop.dropout_add"])
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    variants = ["nn.Dropout", "seeddrop.Dropout"]
-    if hasattr(seeddrop, "dropout_add"):
-        variants.append("seeddrop.dropout_add")
+    variants = args.variants
     lines = [f"GPT-2-small-shaped step ({args.layers} layers, d=768, T=1024, batch {args.batch}, bf16, AdamW), "
              f"{torch.cuda.get_device_name()}, torch {torch.__version__}", "",
              "| variant | mode | step ms (median) | peak memory MiB | loss |", "|---|---|---|---|---|"]
-    for compile_model in ([False] if args.no_compile else [False, True]):
+    for compile_model in ([] if args.no_eager else [False]) + ([] if args.no_compile else [True]):
         for variant in variants:
             t0 = time.time()
             ms, peak, loss = measure(variant, compile_model, args)

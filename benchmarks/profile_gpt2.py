@@ -59,11 +59,13 @@ def main():
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-eager", action="store_true")
     ap.add_argument("--variants", nargs="*", default=VARIANTS)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     summaries, report = [], []
-    for compile_model in ([False] if args.no_compile else [False, True]):
+    modes = ([] if args.no_eager else [False]) + ([] if args.no_compile else [True])
+    for compile_model in modes:
         for variant in args.variants:
             summary, text = profile_variant(variant, compile_model, args)
             print(summary, flush=True)

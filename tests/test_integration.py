@@ -168,19 +168,9 @@ def test_compile_dropout_add_module_matches_eager(activation):
     torch.manual_seed(3)
     y_comp = compiled(x, residual, bias)
     grads_comp = torch.autograd.grad(y_comp.square().sum(), (x, residual, bias))
-    if TRITON_INTERPRET:
-        # Compiled CPU graphs trace the PyTorch reference (Triton kernels run under
-        # torch.compile on CUDA only) while eager runs the interpreted kernel: the same
-        # mask, but gelu's erf and the bias gradient's column sums may round differently.
-        # On CUDA (test_cuda.py) and in the reference run both sides run the same code.
-        torch.testing.assert_close(y_eager, y_comp, rtol=1e-6, atol=1e-5)
-        for a, b in zip(grads_eager, grads_comp):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
-        assert torch.equal(y_eager == residual, y_comp == residual)  # the same dropped elements
-    else:
-        assert torch.equal(y_eager, y_comp)
-        for a, b in zip(grads_eager, grads_comp):
-            assert torch.equal(a, b)
+    assert torch.equal(y_eager, y_comp)
+    for a, b in zip(grads_eager, grads_comp):
+        assert torch.equal(a, b)
 
 
 def test_seed_generator_gives_tensor_parallel_masks():
@@ -214,14 +204,11 @@ def test_compile_sparse_jl_module_matches_eager():
     x = torch.randn(4, 3, 64, requires_grad=True)
     compiled = torch.compile(proj, fullgraph=True, backend="aot_eager")
     y_eager, y_comp = proj(x), compiled(x)
-    # Exact where both sides run the same code (reference run, CUDA); under the interpreter
-    # the compiled graph traces the PyTorch reference, which sums in another order.
-    tol = dict(rtol=1e-6, atol=1e-5) if TRITON_INTERPRET else dict(rtol=0, atol=0)
-    torch.testing.assert_close(y_comp, y_eager, **tol)
+    torch.testing.assert_close(y_comp, y_eager, rtol=0, atol=0)
     g = torch.randn_like(y_eager)
     (ge,) = torch.autograd.grad(y_eager, x, g)
     (gc,) = torch.autograd.grad(y_comp, x, g)
-    torch.testing.assert_close(gc, ge, **tol)
+    torch.testing.assert_close(gc, ge, rtol=0, atol=0)
 
 
 def test_replace_dropout_transformers_bert():

@@ -39,16 +39,15 @@ def check_float_tensor(x, name: str = "input") -> None:
         raise TypeError(f"{name} must have dtype float16, bfloat16, float32 or float64, but got {x.dtype}")
 
 
-def use_triton(x: torch.Tensor, traced: bool = False) -> bool:
-    """True: run the Triton kernels; False: run the PyTorch reference (CPU). traced: inside
-    a triton_op traced by torch.compile, which launches Triton kernels on CUDA only."""
+def use_triton(x: torch.Tensor) -> bool:
+    """True: run the Triton kernels; False: run the PyTorch reference (CPU)."""
     kind = x.device.type
     if kind == "cuda":
         if not HAS_TRITON:
             raise RuntimeError("seeddrop needs triton to run on CUDA tensors; pip install triton")
         return True
     if kind == "cpu":
-        return TRITON_INTERPRET and HAS_TRITON and not traced
+        return TRITON_INTERPRET and HAS_TRITON
     raise ValueError(f"seeddrop supports CPU and CUDA tensors, but got a tensor on device '{x.device}'")
 
 
@@ -201,8 +200,8 @@ def seed_as_tensor(seed: Seed, device: torch.device) -> torch.Tensor:
 def float64_halves(value: float) -> tuple:
     """(hi, lo): the 64 bits of the float64 `value` as two signed 32-bit ints, hi the upper
     word (stream.float64_from_halves rebuilds it in a kernel). Kernels take 64-bit
-    constants this way because torch.compile cannot pass an int beyond 32 bits to a
-    user Triton kernel."""
+    constants this way so that torch.compile can launch them (torch.library.triton_op):
+    Inductor cannot pass an int beyond 32 bits to a user Triton kernel."""
     bits = struct.unpack("<q", struct.pack("<d", value))[0]
     hi, lo = bits >> 32, bits & 0xFFFFFFFF
     return hi, lo - (1 << 32) if lo >= 1 << 31 else lo
@@ -211,14 +210,6 @@ def float64_halves(value: float) -> tuple:
 def scale_halves(p: float) -> tuple:
     """float64_halves of the dropout scale 1/(1-p) (0 for p == 1)."""
     return float64_halves(0.0 if p >= 1.0 else 1.0 / (1.0 - p))
-
-
-def traced_seed(seed: Seed, device) -> Seed:
-    """The seed a traced triton_op passes to its kernels: an int seed becomes a 0-d int64
-    tensor (torch.compile cannot pass a 64-bit int to a user Triton kernel)."""
-    if seed is None or seed.tensor is not None:
-        return seed
-    return Seed(torch.full((), seed.value, dtype=torch.int64, device=device), 0)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

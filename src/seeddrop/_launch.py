@@ -44,16 +44,6 @@ def raw_pointer_args(args: tuple, pointer_positions: tuple):
     return call, alignment
 
 
-def traceable(kernel, traced: bool):
-    """`kernel`, wrapped with torch.library.wrap_triton when `traced` (the body of a
-    triton_op being traced by torch.compile, which then launches the kernel itself)."""
-    if not traced:
-        return kernel
-    from torch.library import wrap_triton
-
-    return wrap_triton(kernel)
-
-
 class FastKernel:
     """Wraps a JIT kernel whose pointer parameters are the ones named ``*_ptr``.
 
@@ -69,13 +59,7 @@ class FastKernel:
         self.pointer_positions = tuple(i for i, name in enumerate(self.names) if name.endswith("_ptr"))
         self.compiled = {}
 
-    def launch(self, key, grid: int, args: tuple, num_warps: int, traced: bool = False) -> None:
-        if traced:  # inside a torch.library.triton_op: torch.compile sees the kernel call
-            # None pointers (flags guard every use) become args[0]: one kernel signature.
-            kwargs = {name: args[0] if arg is None and i in self.pointer_positions else arg
-                      for i, (name, arg) in enumerate(zip(self.names, args))}
-            traceable(self.fn, True)[(grid,)](**kwargs, num_warps=num_warps)
-            return
+    def launch(self, key, grid: int, args: tuple, num_warps: int) -> None:
         if not args[0].is_cuda:  # Triton's interpreter
             self._jit_launch(grid, args, num_warps)
             return

@@ -28,7 +28,6 @@ from .._common import (
     resolve_seed,
     scale_halves,
     seed_as_tensor,
-    traced_seed,
     sm_count,
     use_triton,
 )
@@ -160,10 +159,9 @@ _KERNEL = FastKernel(_dropout_kernel) if stream.HAS_TRITON else None
 
 
 def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: Seed, p: float,
-           per_row: bool, index_offset: int = 0, traced: bool = False) -> bool:
+           per_row: bool, index_offset: int = 0) -> bool:
     """Run the dropout kernel: out = src * mask (out = int8 mask when src is None).
-    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view.
-    traced: called from a triton_op body (torch.compile launches the kernel)."""
+    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view."""
     mask_only = src is None
     x = out if mask_only else src
     from_ptr = seed.tensor is not None
@@ -181,7 +179,7 @@ def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: 
     args = (x, out, seed.tensor, seed.value, index_offset, v.P, v.S, v.Q, cfg.s_per_program,
             *v.x_strides, *v.out_strides, 1, threshold, *scale,
             from_ptr, per_row, *cfg.constexprs[:1], mask_only, not out.is_cuda, *cfg.constexprs[1:])
-    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps, traced)
+    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps)
     return True
 
 
@@ -223,34 +221,32 @@ def dropout_reference(x: torch.Tensor, p: float, seed: Seed, shared: tuple = (),
 # dispatch + autograd
 # --------------------------------------------------------------------------
 def apply_dropout(x: torch.Tensor, p: float, seed: Seed, shared: tuple, per_row: bool,
-                  out: Optional[torch.Tensor] = None, traced: bool = False) -> torch.Tensor:
-    """out (default: empty_like(x)) = dropout(x) for an already validated call.
-    traced: the body of the triton_op torch.compile sees."""
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out (default: empty_like(x)) = dropout(x) for an already validated call."""
     if out is None:
         out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    if not use_triton(x, traced):
+    if not use_triton(x):
         return dropout_reference(x, p, seed, shared, per_row, out=out)
-    if launch(x, out, shared, seed, p, per_row, traced=traced):
+    if launch(x, out, shared, seed, p, per_row):
         return out
     # Strides that do not collapse to [P, S, Q]: run on a canonical copy.
     order = list(shared) + [d for d in range(x.dim()) if d not in shared]
     src = x.permute(order).contiguous()
     tmp = torch.empty_like(src)
-    launch(src, tmp, tuple(range(len(shared))), seed, p, per_row, traced=traced)
+    launch(src, tmp, tuple(range(len(shared))), seed, p, per_row)
     inverse = [order.index(d) for d in range(x.dim())]
     return out.copy_(tmp.permute(inverse))
 
 
-def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device,
-                        traced: bool = False) -> torch.Tensor:
+def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device) -> torch.Tensor:
     """Bool keep mask of `mask_shape` on `device` (kernel on CUDA / interpreter)."""
     out = torch.empty(mask_shape, dtype=torch.int8, device=device)
-    if not use_triton(out, traced):
+    if not use_triton(out):
         return mask_reference(mask_shape, p, seed, per_row, device)
     if out.numel():
-        launch(None, out, (), seed, p, per_row, traced=traced)
+        launch(None, out, (), seed, p, per_row)
     return out.view(torch.bool)
 
 
@@ -281,13 +277,17 @@ class DropoutFunction(torch.autograd.Function):
 _apply_dropout_function = lean_apply(DropoutFunction)
 
 
-@torch.library.triton_op("seeddrop::dropout", mutates_args=())
+@torch.library.custom_op("seeddrop::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, p: float,
                shared: List[int], per_row: bool) -> torch.Tensor:
     """The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction).
-    A triton_op: Inductor traces this body and launches the kernel from its own code."""
-    seed = traced_seed(Seed(seed_tensor, seed_value), x.device)
-    return apply_dropout(x, p, seed, tuple(shared), per_row, traced=True)
+    An opaque custom_op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23)."""
+    return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row)
+
+
+@dropout_op.register_fake
+def _(x, seed_tensor, seed_value, p, shared, per_row):
+    return torch.empty_like(x)
 
 
 def _dropout_op_setup(ctx, inputs, output):

@@ -58,7 +58,6 @@ from .._common import (
     normalize_dims,
     resolve_seed,
     scale_halves,
-    traced_seed,
     sm_count,
     use_triton,
 )
@@ -350,14 +349,14 @@ def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool, forward: bool 
     return plan
 
 
-def _mask_args(plan: _Plan, shape, seed: Optional[Seed], cfg: Config, device, traced: bool) -> tuple:
+def _mask_args(plan: _Plan, shape, seed: Optional[Seed], cfg: Config, device) -> tuple:
     """(seed tensor, seed value, int8 mask, int64 row offsets into it, its column stride)."""
     if plan.mode == MASK_NONE:
         return None, 0, None, None, 0
     if plan.mode != MASK_FROM_PTR:
         return seed.tensor, seed.value, None, None, 0
     mask_shape = mask_shape_of(shape, cfg.shared)
-    mask = dropout_mask_tensor(mask_shape, cfg.p, seed, cfg.per_row, device, traced).view(torch.int8)
+    mask = dropout_mask_tensor(mask_shape, cfg.p, seed, cfg.per_row, device).view(torch.int8)
     index = torch.arange(mask.numel(), device=device, dtype=torch.int64).view(mask_shape).expand(shape)
     row_offsets = (index[..., :1] if len(shape) else index).reshape(-1).contiguous()  # R entries
     col_stride = 0 if len(shape) - 1 in cfg.shared else 1
@@ -387,11 +386,11 @@ def _cdt(dtype: torch.dtype):
 
 
 def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
-                   seed: Optional[Seed], cfg: Config, traced: bool = False) -> None:
+                   seed: Optional[Seed], cfg: Config) -> None:
     """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
     shape = x.shape
     plan = _plan(shape, out, cfg, False, forward=True)
-    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device, traced)
+    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device)
     threshold, scale = _p_constants(cfg.p)
     key = (shape, x.dtype, residual.dtype, out.dtype, None if bias is None else bias.dtype, cfg.act, plan.mode,
            seed_t is not None, _i32(seed_v), col_stride, plan.flat, plan.block_r, plan.block_g, x.device)
@@ -399,7 +398,7 @@ def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
             plan.R, plan.C, plan.R * plan.C, threshold, *scale,
             cfg.act, bias is not None, plan.mode, seed_t is not None, plan.flat, _cdt(out.dtype),
             not out.is_cuda, plan.block_r, plan.block_g)
-    _FWD.launch(key, plan.grid, args, plan.num_warps, traced)
+    _FWD.launch(key, plan.grid, args, plan.num_warps)
 
 
 def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
@@ -409,12 +408,12 @@ def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
 
 def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     grad_x: torch.Tensor, seed: Optional[Seed], cfg: Config,
-                    reduce_bias: bool, traced: bool = False) -> Optional[torch.Tensor]:
+                    reduce_bias: bool) -> Optional[torch.Tensor]:
     """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
     Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
     shape = grad.shape
     plan = _plan(shape, grad, cfg, reduce_bias)
-    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, grad.device, traced)
+    seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, grad.device)
     threshold, scale = _p_constants(cfg.p)
     partial = None
     if reduce_bias:
@@ -428,7 +427,7 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
             plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, *scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
             _cdt(grad.dtype), not grad.is_cuda, plan.block_r, plan.block_g)
-    _BWD.launch(key, plan.grid, args, plan.num_warps, traced)
+    _BWD.launch(key, plan.grid, args, plan.num_warps)
     return partial
 
 
@@ -487,27 +486,24 @@ def dropout_add_backward_reference(grad: torch.Tensor, x: Optional[torch.Tensor]
 # dispatch + autograd
 # --------------------------------------------------------------------------
 def apply_dropout_add(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
-                      seed: Optional[Seed], cfg: Config, out: Optional[torch.Tensor] = None,
-                      traced: bool = False) -> torch.Tensor:
+                      seed: Optional[Seed], cfg: Config, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Forward of a validated call. residual broadcasts to x's shape; out (default: a new
-    contiguous tensor of x's shape and the promoted dtype) must be contiguous. traced: the
-    body of the triton_op torch.compile sees."""
+    contiguous tensor of x's shape and the promoted dtype) must be contiguous."""
     out_dtype = torch.promote_types(x.dtype, residual.dtype)
     if out is None:
         out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     if x.numel() == 0:
         return out
-    if not use_triton(x, traced):
+    if not use_triton(x):
         return out.copy_(dropout_add_reference(x, residual, bias, seed, cfg, out_dtype))
     residual = residual.expand(x.shape).contiguous()
-    launch_forward(x.contiguous(), residual, bias.contiguous() if bias is not None else None, out, seed, cfg,
-                   traced)
+    launch_forward(x.contiguous(), residual, bias.contiguous() if bias is not None else None, out, seed, cfg)
     return out
 
 
 def apply_dropout_add_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                                seed: Optional[Seed], cfg: Config, x_dtype: torch.dtype, reduce_bias: bool,
-                               grad_x: Optional[torch.Tensor] = None, traced: bool = False) -> tuple:
+                               grad_x: Optional[torch.Tensor] = None) -> tuple:
     """(grad_x, bias-gradient column sums in the compute dtype or None) for grad_out `grad`.
     x and bias are needed only when cfg.act is set; grad_x (if given) must be contiguous."""
     if grad_x is None:
@@ -516,12 +512,11 @@ def apply_dropout_add_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bi
     if grad.numel() == 0:
         return grad_x, (torch.zeros(C, dtype=compute_dtype(grad.dtype), device=grad.device)
                         if reduce_bias else None)
-    if not use_triton(grad, traced):
+    if not use_triton(grad):
         gx, bias_sum = dropout_add_backward_reference(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
         return grad_x.copy_(gx), bias_sum
     partial = launch_backward(grad.contiguous(), x.contiguous() if x is not None else None,
-                              bias.contiguous() if bias is not None else None, grad_x, seed, cfg, reduce_bias,
-                              traced)
+                              bias.contiguous() if bias is not None else None, grad_x, seed, cfg, reduce_bias)
     return grad_x, partial.sum(0) if reduce_bias else None  # fixed-order reduction of the chunks
 
 
@@ -563,26 +558,35 @@ _apply_dropout_add_function = lean_apply(DropoutAddFunction)
 
 
 # torch.compile sees these ops (eager calls skip the dispatcher and use DropoutAddFunction).
-# triton_ops: Inductor traces their bodies and launches the kernels from its own code.
-@torch.library.triton_op("seeddrop::dropout_add", mutates_args=())
+@torch.library.custom_op("seeddrop::dropout_add", mutates_args=())
 def dropout_add_op(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
                    seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
                    shared: List[int], per_row: bool, act: int) -> torch.Tensor:
     cfg = Config(p, masked, tuple(shared), per_row, act)
-    seed = traced_seed(Seed(seed_tensor, seed_value), x.device) if masked else None
-    return apply_dropout_add(x, residual, bias, seed, cfg, traced=True)
+    return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg)
 
 
-@torch.library.triton_op("seeddrop::dropout_add_backward", mutates_args=())
+@dropout_add_op.register_fake
+def _(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
+    return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
+
+
+@torch.library.custom_op("seeddrop::dropout_add_backward", mutates_args=())
 def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                             seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
                             shared: List[int], per_row: bool, act: int, x_dtype: torch.dtype,
                             reduce_bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
     cfg = Config(p, masked, tuple(shared), per_row, act)
-    seed = traced_seed(Seed(seed_tensor, seed_value), grad.device) if masked else None
-    grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias, traced=True)
+    seed = Seed(seed_tensor, seed_value) if masked else None
+    grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
     return grad_x, bias_sum if reduce_bias else grad.new_empty(0, dtype=compute_dtype(grad.dtype))
+
+
+@dropout_add_backward_op.register_fake
+def _(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act, x_dtype, reduce_bias):
+    columns = (grad.shape[-1] if grad.dim() else 1) if reduce_bias else 0
+    return grad.new_empty(grad.shape, dtype=x_dtype), grad.new_empty(columns, dtype=compute_dtype(grad.dtype))
 
 
 def _dropout_add_op_setup(ctx, inputs, output):

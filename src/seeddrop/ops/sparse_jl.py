@@ -34,10 +34,8 @@ from .._common import (
     resolve_seed,
     seed_as_tensor,
     sm_count,
-    traced_seed,
     use_triton,
 )
-from .._launch import traceable
 
 ROW_SHIFT = 32  # entry (j, c) has logical stream index (j << ROW_SHIFT) + c
 MAX_IN_FEATURES = 1 << ROW_SHIFT
@@ -304,14 +302,13 @@ def _dot_mode(dtype: torch.dtype, cuda: bool) -> int:
 
 
 def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed, forward: bool,
-                   config: Optional[JLConfig] = None, traced: bool = False) -> torch.Tensor:
+                   config: Optional[JLConfig] = None) -> torch.Tensor:
     """out[M, N] = a[M, R] @ (S.T if forward else S) with the Triton kernels.
 
     a: 2-D, any strides; out: contiguous [M, N] of a's dtype, every element written.
     Forward: R = in_features, N = out_features; backward: R = out_features, N = in_features.
     With split > 1 the kernel writes fp32 (fp64) partial sums [split, M, N] (the only
-    temporary) and _jl_reduce_kernel adds them in a fixed order. traced: called from the
-    triton_op body torch.compile traces.
+    temporary) and _jl_reduce_kernel adds them in a fixed order.
     """
     M, R = a.shape
     N = out.shape[1]
@@ -323,7 +320,7 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
     on_gpu = a.is_cuda
     scale = float64_halves(params.scale)
-    traceable(_jl_matmul_kernel, traced)[(tiles * splits,)](
+    _jl_matmul_kernel[(tiles * splits,)](
         a, out if part is None else part, seed.tensor, seed.value, M, N, R, r_per_split,
         a.stride(0), a.stride(1), M * N, N, 1, params.threshold, *scale,
         FORWARD=forward, SWAP=cfg.swap, PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None,
@@ -333,7 +330,7 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     )
     if part is not None:
         block = 1024 if on_gpu else 16384
-        traceable(_jl_reduce_kernel, traced)[(triton.cdiv(M * N, block),)](part, out, splits, M * N, *scale,
+        _jl_reduce_kernel[(triton.cdiv(M * N, block),)](part, out, splits, M * N, *scale,
                                                         SOFTWARE_BF16=not on_gpu, BLOCK=block)
     return out
 
@@ -410,13 +407,13 @@ def sparse_jl_reference(x: torch.Tensor, out_features: int, seed, *, density=Non
 # --------------------------------------------------------------------------
 # dispatch + autograd
 # --------------------------------------------------------------------------
-def _project(x: torch.Tensor, params: JLParams, seed: Seed, forward: bool, traced: bool = False) -> torch.Tensor:
+def _project(x: torch.Tensor, params: JLParams, seed: Seed, forward: bool) -> torch.Tensor:
     """x[..., R] -> x @ op(S) [..., N] for a validated call (kernels or reference)."""
     n_out = params.out_features if forward else params.in_features
     a = x.reshape(-1, x.shape[-1])  # a view when the leading dims collapse, else a copy
-    if use_triton(x, traced):
+    if use_triton(x):
         out = torch.empty((a.shape[0], n_out), dtype=x.dtype, device=x.device)
-        launch_project(a, out, params, seed, forward, traced=traced)
+        launch_project(a, out, params, seed, forward)
     else:
         out = project_reference(a, params, seed, forward)
     return out.reshape(*x.shape[:-1], n_out)
@@ -444,13 +441,17 @@ class SparseJLFunction(torch.autograd.Function):
 _apply_sparse_jl_function = lean_apply(SparseJLFunction)
 
 
-# torch.compile sees this op (eager calls skip the dispatcher and use SparseJLFunction); a
-# triton_op: Inductor traces its body and launches the kernels from its own code.
-@torch.library.triton_op("seeddrop::sparse_jl", mutates_args=())
+# torch.compile sees this op (eager calls skip the dispatcher and use SparseJLFunction).
+@torch.library.custom_op("seeddrop::sparse_jl", mutates_args=())
 def sparse_jl_op(a: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, out_features: int,
                  in_features: int, density: float, forward: bool) -> torch.Tensor:
     params = jl_params(out_features, in_features, density)
-    return _project(a, params, traced_seed(Seed(seed_tensor, seed_value), a.device), forward, traced=True)
+    return _project(a, params, Seed(seed_tensor, seed_value), forward)
+
+
+@sparse_jl_op.register_fake
+def _(a, seed_tensor, seed_value, out_features, in_features, density, forward):
+    return a.new_empty(*a.shape[:-1], out_features if forward else in_features)
 
 
 def _sparse_jl_op_setup(ctx, inputs, output):
