@@ -38,7 +38,7 @@ def stats(sass):
     return ops
 
 
-def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=True):
+def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
     """The forward kernel, aligned mask mode by default; dtype: bf16, fp16, fp32 or fp64."""
     from seeddrop.ops import dropout_add as da
     p = "*" + dtype
@@ -54,8 +54,8 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=True):
     return compile_sass(da._dropout_add_fwd_kernel, sig, const, aligned=aligned, enable_fp_fusion=fusion)
 
 
-def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=True, num_warps=4):
-    """The backward kernel (bias-reducing by default); fusion on, as the library compiles it."""
+def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=None, num_warps=4):
+    """The backward kernel (bias-reducing by default); fusion None: as the library compiles it."""
     from seeddrop.ops import dropout_add as da
     p = "*" + dtype
     cdt = tl.float64 if dtype == "fp64" else tl.float32
@@ -67,6 +67,7 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=
     for k in const:
         sig[k] = "constexpr"
     aligned = ("g_ptr", "x_ptr", "bias_ptr", "gx_ptr", "partial_ptr", "C", "N", "R")
+    fusion = act in da.TRANSCENDENTAL_ACTIVATIONS if fusion is None else fusion
     return compile_sass(da._dropout_add_bwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
                         enable_fp_fusion=fusion)
 
@@ -76,7 +77,7 @@ if __name__ == "__main__":
     ap.add_argument("kernel", choices=["dropout_add_fwd", "dropout_add_bwd"])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     ap.add_argument("--act", type=int, default=2, help="activation code: 0 none, 1 relu, 2 gelu, 3 gelu_tanh, 4 silu")
-    ap.add_argument("--no-fusion", dest="fusion", action="store_false", help="forward: compile without fp fusion")
+    ap.add_argument("--fusion", action="store_true", help="forward: compile with fp fusion")
     a = ap.parse_args()
     if a.kernel == "dropout_add_fwd":
         _, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
