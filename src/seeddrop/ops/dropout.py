@@ -7,7 +7,7 @@ The only state kept for backward is the seed.
 from __future__ import annotations
 
 import functools
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -32,6 +32,7 @@ from .._common import (
     use_triton,
 )
 from .._launch import FastKernel
+from .._library import define_op
 
 if stream.HAS_TRITON:
     import triton
@@ -277,16 +278,13 @@ class DropoutFunction(torch.autograd.Function):
 _apply_dropout_function = lean_apply(DropoutFunction)
 
 
-@torch.library.custom_op("seeddrop::dropout", mutates_args=())
-def dropout_op(x: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, p: float,
-               shared: List[int], per_row: bool) -> torch.Tensor:
-    """The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction).
-    An opaque custom_op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23)."""
+# The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction). An
+# opaque op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23).
+def _dropout_op_impl(x, seed_tensor, seed_value, p, shared, per_row):
     return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row)
 
 
-@dropout_op.register_fake
-def _(x, seed_tensor, seed_value, p, shared, per_row):
+def _dropout_op_fake(x, seed_tensor, seed_value, p, shared, per_row):
     return torch.empty_like(x)
 
 
@@ -300,7 +298,9 @@ def _dropout_op_backward(ctx, grad):
     return dropout_op(grad, seed_tensor, ctx.seed_value, ctx.p, ctx.shared, ctx.per_row), None, None, None, None, None
 
 
-dropout_op.register_autograd(_dropout_op_backward, setup_context=_dropout_op_setup)
+dropout_op = define_op("dropout", "(Tensor x, Tensor? seed_tensor, SymInt seed_value, float p, SymInt[] shared, "
+                       "bool per_row) -> Tensor", _dropout_op_impl, _dropout_op_fake, _dropout_op_setup,
+                       _dropout_op_backward)
 
 
 # --------------------------------------------------------------------------

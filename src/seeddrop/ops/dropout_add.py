@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ from .._common import (
     use_triton,
 )
 from .._launch import FastKernel
+from .._library import define_op
 from .dropout import dropout_mask_tensor, dropout_reference
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")  # kernel ACT code = position
@@ -559,24 +560,17 @@ _apply_dropout_add_function = lean_apply(DropoutAddFunction)
 
 
 # torch.compile sees these ops (eager calls skip the dispatcher and use DropoutAddFunction).
-@torch.library.custom_op("seeddrop::dropout_add", mutates_args=())
-def dropout_add_op(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor],
-                   seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
-                   shared: List[int], per_row: bool, act: int) -> torch.Tensor:
+def _dropout_add_op_impl(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
     cfg = Config(p, masked, tuple(shared), per_row, act)
     return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg)
 
 
-@dropout_add_op.register_fake
-def _(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
+def _dropout_add_op_fake(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
     return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
 
 
-@torch.library.custom_op("seeddrop::dropout_add_backward", mutates_args=())
-def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                            seed_tensor: Optional[torch.Tensor], seed_value: int, p: float, masked: bool,
-                            shared: List[int], per_row: bool, act: int, x_dtype: torch.dtype,
-                            reduce_bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _dropout_add_backward_op_impl(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act,
+                                  x_dtype, reduce_bias):
     """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
     cfg = Config(p, masked, tuple(shared), per_row, act)
     seed = Seed(seed_tensor, seed_value) if masked else None
@@ -584,10 +578,17 @@ def dropout_add_backward_op(grad: torch.Tensor, x: Optional[torch.Tensor], bias:
     return grad_x, bias_sum if reduce_bias else grad.new_empty(0, dtype=compute_dtype(grad.dtype))
 
 
-@dropout_add_backward_op.register_fake
-def _(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act, x_dtype, reduce_bias):
+def _dropout_add_backward_op_fake(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act,
+                                  x_dtype, reduce_bias):
     columns = (grad.shape[-1] if grad.dim() else 1) if reduce_bias else 0
     return grad.new_empty(grad.shape, dtype=x_dtype), grad.new_empty(columns, dtype=compute_dtype(grad.dtype))
+
+
+_OP_ARGS = ("Tensor? seed_tensor, SymInt seed_value, float p, bool masked, SymInt[] shared, bool per_row, "
+            "SymInt act")
+dropout_add_backward_op = define_op(
+    "dropout_add_backward", f"(Tensor grad, Tensor? x, Tensor? bias, {_OP_ARGS}, ScalarType x_dtype, "
+    "bool reduce_bias) -> (Tensor, Tensor)", _dropout_add_backward_op_impl, _dropout_add_backward_op_fake)
 
 
 def _dropout_add_op_setup(ctx, inputs, output):
@@ -611,7 +612,8 @@ def _dropout_add_op_backward(ctx, grad):
     return (grad_x, grad_residual, grad_bias) + (None,) * 7
 
 
-dropout_add_op.register_autograd(_dropout_add_op_backward, setup_context=_dropout_add_op_setup)
+dropout_add_op = define_op("dropout_add", f"(Tensor x, Tensor residual, Tensor? bias, {_OP_ARGS}) -> Tensor",
+                           _dropout_add_op_impl, _dropout_add_op_fake, _dropout_add_op_setup, _dropout_add_op_backward)
 
 
 # --------------------------------------------------------------------------

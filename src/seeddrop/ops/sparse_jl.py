@@ -36,6 +36,7 @@ from .._common import (
     sm_count,
     use_triton,
 )
+from .._library import define_op
 
 ROW_SHIFT = 32  # entry (j, c) has logical stream index (j << ROW_SHIFT) + c
 MAX_IN_FEATURES = 1 << ROW_SHIFT
@@ -442,15 +443,12 @@ _apply_sparse_jl_function = lean_apply(SparseJLFunction)
 
 
 # torch.compile sees this op (eager calls skip the dispatcher and use SparseJLFunction).
-@torch.library.custom_op("seeddrop::sparse_jl", mutates_args=())
-def sparse_jl_op(a: torch.Tensor, seed_tensor: Optional[torch.Tensor], seed_value: int, out_features: int,
-                 in_features: int, density: float, forward: bool) -> torch.Tensor:
+def _sparse_jl_op_impl(a, seed_tensor, seed_value, out_features, in_features, density, forward):
     params = jl_params(out_features, in_features, density)
     return _project(a, params, Seed(seed_tensor, seed_value), forward)
 
 
-@sparse_jl_op.register_fake
-def _(a, seed_tensor, seed_value, out_features, in_features, density, forward):
+def _sparse_jl_op_fake(a, seed_tensor, seed_value, out_features, in_features, density, forward):
     return a.new_empty(*a.shape[:-1], out_features if forward else in_features)
 
 
@@ -465,7 +463,9 @@ def _sparse_jl_op_backward(ctx, grad):
     return (sparse_jl_op(grad, seed_tensor, *args, not forward),) + (None,) * 6
 
 
-sparse_jl_op.register_autograd(_sparse_jl_op_backward, setup_context=_sparse_jl_op_setup)
+sparse_jl_op = define_op("sparse_jl", "(Tensor a, Tensor? seed_tensor, SymInt seed_value, SymInt out_features, "
+                         "SymInt in_features, float density, bool forward) -> Tensor",
+                         _sparse_jl_op_impl, _sparse_jl_op_fake, _sparse_jl_op_setup, _sparse_jl_op_backward)
 
 
 # --------------------------------------------------------------------------

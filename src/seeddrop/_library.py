@@ -1,0 +1,67 @@
+"""The ops torch.compile sees, registered with torch.library at a low host cost.
+
+`torch.library.custom_op` wraps an op in several Python layers (a generic autograd kernel
+that redispatches even without grad, a dynamo-disable wrapper, aliasing checks): about
+20 us per call on a CPU host, paid for every seeddrop call inside a compiled graph. Here an
+op is defined from its schema with one backend kernel for every device
+(CompositeExplicitAutograd), a fake kernel for tracing, and an Autograd kernel that goes
+straight to the backend when no gradient is needed; with a gradient it applies an
+autograd.Function whose forward runs the op below autograd (so tracers record the op)
+and whose backward is the given function.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import lean_apply
+
+_LIB = torch.library.Library("seeddrop", "DEF")  # noqa: TOR901 (ops are defined below, by name)
+
+
+def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=None):
+    """Define seeddrop::name(schema) and return the callable op (its default overload).
+
+    impl(*args) computes the op on real tensors; fake(*args) returns empty outputs of the
+    right metadata; setup_context(ctx, inputs, output) saves what backward(ctx, *grads)
+    needs; backward returns one gradient (or None) per op argument. Without backward the
+    op is not differentiable (an error when an input requires grad, as for custom_op).
+    """
+    _LIB.define(f"{name}{schema}")
+    _LIB.impl(name, impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"seeddrop::{name}", fake, lib=_LIB)
+    op = getattr(torch.ops.seeddrop, name).default
+    below_autograd = torch._C._AutoDispatchBelowAutograd
+
+    def needs_grad(args) -> bool:
+        return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+    if backward is None:
+        def autograd_kernel(*args):
+            if needs_grad(args):
+                raise RuntimeError(f"seeddrop::{name} is not differentiable (no derivative is registered)")
+            with below_autograd():
+                return op(*args)
+    else:
+        class OpFunction(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *args):
+                with below_autograd():
+                    output = op(*args)
+                setup_context(ctx, args, output)
+                return output
+
+            @staticmethod
+            def backward(ctx, *grads):
+                return backward(ctx, *grads)
+
+        OpFunction.__name__ = OpFunction.__qualname__ = f"{name}_function"
+        apply = lean_apply(OpFunction)
+
+        def autograd_kernel(*args):
+            if needs_grad(args):
+                return apply(*args)
+            with below_autograd():
+                return op(*args)
+
+    _LIB.impl(name, autograd_kernel, "Autograd")
+    return op
