@@ -59,7 +59,9 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def measure(variant, compile_model, args):
+def training_step(variant, compile_model, args):
+    """A function running one training step of a fresh model (seeded alike for every
+    variant) with the given dropout variant; returns the loss."""
     torch.manual_seed(0)
     model = GPT(layers=args.layers, fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
     if variant != "nn.Dropout":
@@ -76,6 +78,11 @@ def measure(variant, compile_model, args):
         opt.zero_grad(set_to_none=True)
         return loss
 
+    return step
+
+
+def measure(variant, compile_model, args):
+    step = training_step(variant, compile_model, args)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -90,7 +97,7 @@ def measure(variant, compile_model, args):
         times.append(start.elapsed_time(end))
     peak = torch.cuda.max_memory_allocated() / 2**20
     times.sort()
-    del model, opt, fwd
+    del step
     torch.cuda.empty_cache()
     return times[len(times) // 2], peak, loss.item()
 

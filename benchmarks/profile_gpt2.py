@@ -10,25 +10,13 @@ import os
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import seeddrop
-from bench_gpt2 import GPT  # this folder: run as python benchmarks/profile_gpt2.py
+from bench_gpt2 import training_step  # this folder: run as python benchmarks/profile_gpt2.py
 
 VARIANTS = ["nn.Dropout", "seeddrop.Dropout", "seeddrop.dropout_add"]
 
 
 def profile_variant(variant, compile_model, args):
-    torch.manual_seed(0)
-    model = GPT(layers=args.layers, fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
-    if variant != "nn.Dropout":
-        seeddrop.replace_dropout(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    idx = torch.randint(0, 50304, (args.batch, 1024), device="cuda")
-    fwd = torch.compile(model) if compile_model else model
-
-    def step():
-        fwd(idx, idx).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = training_step(variant, compile_model, args)
 
     for _ in range(3):
         step()
@@ -45,7 +33,7 @@ def profile_variant(variant, compile_model, args):
     n_kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
     gpu_table = events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
     cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)
-    del model, opt, fwd
+    del step
     torch.cuda.empty_cache()
     mode = "compile" if compile_model else "eager"
     summary = (f"{variant:22s} {mode:8s} step {step_ms:7.2f} ms (profiled)  kernels {kernel_us / 1e3:7.2f} ms "
