@@ -5,7 +5,6 @@ Both ranks train a small MLP with seeddrop.Dropout under DistributedDataParallel
 seeds torch with its own seed, so the dropout masks differ across ranks; the run is done
 twice and must give identical losses (reproducible), and the ranks' parameters stay equal.
 """
-import os
 
 import torch
 import torch.distributed as dist

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_p, normalize_dims
+from ._common import check_p
 from .ops.dropout import dropout
 from .ops.dropout_add import check_activation, dropout_add
 from .ops.sparse_jl import fixed_seed, jl_params, sparse_jl
