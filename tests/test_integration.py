@@ -68,24 +68,6 @@ def test_compile_explicit_seeds_and_per_row():
     assert torch.equal(ge, gc)
 
 
-def test_registered_ops_match_the_eager_path_and_differentiate():
-    """The torch.library ops (what compiled graphs call) give eager's values and gradients;
-    the backward-only op refuses inputs that require grad instead of dropping them."""
-    x = torch.randn(5, 24, requires_grad=True)
-    g = torch.randn(5, 24)
-    y_op = torch.ops.seeddrop.dropout(x, None, 321, 0.4, [], False)
-    y_eager = seeddrop.dropout(x, 0.4, seed=321)
-    assert torch.equal(y_op, y_eager) and y_op.grad_fn is not None
-    (g_op,) = torch.autograd.grad(y_op, x, g)
-    (g_eager,) = torch.autograd.grad(y_eager, x, g)
-    assert torch.equal(g_op, g_eager)
-    with torch.no_grad():
-        assert torch.equal(torch.ops.seeddrop.dropout(x, None, 321, 0.4, [], False), y_eager)
-    with pytest.raises(RuntimeError, match="not differentiable"):
-        torch.ops.seeddrop.dropout_add_backward(g.requires_grad_(), None, None, None, 1, 0.4, True, [], False, 0,
-                                                torch.float32, False)
-
-
 def test_checkpoint_recomputation_reuses_the_seed():
     """Non-reentrant checkpointing without RNG-state preservation: the recomputed forward
     draws nothing new (the seed is an input of the op), so gradients equal no checkpointing."""
