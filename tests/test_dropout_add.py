@@ -10,6 +10,8 @@ once to the output dtype, as dropout_add is specified):
   TOLERANCE[out dtype] (rtol about one ulp of the output dtype).
 * Bias gradients are column sums in another order than autograd's: BIAS_TOLERANCE.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -445,6 +447,28 @@ def test_module():
 
 # ---------------------------------------------------------------------------
 # CUDA (run by the lead through scripts/gpu_check.sh)
+def check_fp32_activation_accuracy(activation, device):
+    """The kernels' fp32 activations (gelu through an erfc fit, no cancellation in its
+    negative tail) stay within rtol 3e-5 of exact float64 values from -30 to 30, down to
+    fp32's smallest normals. In gelu's far tail rounding z / sqrt(2) to fp32 alone costs a
+    relative ~z**2 * 2**-24 (1.4e-5 at z = -12); torch's own fp32 gelu is off by up to 100 %
+    there (1 + erf cancels)."""
+    z = torch.cat([torch.linspace(-30, 30, 6001), torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    zc = z.to(device)
+    got = seeddrop.dropout_add(zc, torch.zeros_like(zc), training=False, activation=activation).cpu()
+    zd = z.double()  # float64 references written without cancellation (torch's own cancel in the tails)
+    u = math.sqrt(2 / math.pi) * (zd + 0.044715 * zd**3)
+    want = {"gelu": 0.5 * zd * torch.special.erfc(-zd / math.sqrt(2)),
+            "gelu_tanh": zd * torch.sigmoid(2 * u), "silu": zd * torch.sigmoid(zd)}[activation]
+    torch.testing.assert_close(got.double(), want, rtol=3e-5, atol=1e-37)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu"])
+def test_fp32_activations_accurate_over_the_whole_range(activation):
+    check_fp32_activation_accuracy(activation, "cpu")
+
+
 # ---------------------------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -475,6 +499,14 @@ def test_cuda_matches_cpu_reference(dtype, activation, shape):
     torch.testing.assert_close(grads_c[2].cpu(), grads[2], rtol=rtol, atol=atol * shape[0])
     again = _grads(seeddrop.dropout_add(xc, rc, P, bias=bc, activation=activation, seed=SEED), (xc, rc, bc), gc)
     assert_bitwise_equal(again[2], grads_c[2])  # bias gradient: deterministic
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu"])
+def test_cuda_fp32_activations_accurate_over_the_whole_range(activation):
+    """The GPU's fast exp / division (libdevice fast_expf, fast_dividef) keep the bound."""
+    check_fp32_activation_accuracy(activation, "cuda")
 
 
 @pytest.mark.cuda

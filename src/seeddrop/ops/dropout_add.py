@@ -28,6 +28,10 @@ a * m with m = 1/(1-p) or 0, rounded once. Without an activation and with relu t
 kernels compile with fp fusion off, so a * m is rounded before the add, exactly as
 residual + dropout(a) in fp32; with gelu / gelu_tanh / silu fusion is on (fewer
 instructions in compute-bound kernels; those results are within a tolerance anyway).
+In fp32 the activations use libdevice's fast exp and division on the GPU and gelu an
+erfc fit (Numerical Recipes 6.2): within rtol 3e-5 of exact values over [-30, 30]
+(tests), about 15-18 % fewer instructions per element than tl.erf / tl.exp / `/`
+(offline sm_90 SASS, bf16 kernels); fp64 uses libdevice's erf and exact division.
 
 Backward: saves the seed, plus x and bias when an activation is set (act'(x + bias));
 with activation None nothing of x's size. One kernel writes grad_x = grad_out * m *
@@ -78,6 +82,8 @@ if stream.HAS_TRITON:
     import triton
     import triton.language as tl
     # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    from triton.language.extra.libdevice import fast_dividef, fast_expf
+
     from ..stream import float64_from_halves, group_keep_tile, keep_at_index, round_to
 
     @triton.jit
@@ -86,41 +92,82 @@ if stream.HAS_TRITON:
         return tl.full(like.shape, value, like.dtype)
 
     @triton.jit
-    def _sigmoid(z):
-        return 1.0 / (1.0 + tl.exp(-z))
+    def _exp(z, INTERPRETER: tl.constexpr):
+        """exp(z): libdevice's fast_expf in fp32 on the GPU (ex2.approx.ftz, ~2 ulp; about a
+        third of tl.exp's instructions), tl.exp in fp64 and in Triton's interpreter."""
+        if INTERPRETER or z.dtype == tl.float64:
+            e = tl.exp(z)
+        else:
+            e = fast_expf(z)
+        return e
 
     @triton.jit
-    def _activation(z, ACT: tl.constexpr):
-        """act(z) with torch's formulas; gelu_tanh uses 0.5 * (1 + tanh(u)) = sigmoid(2u)."""
+    def _div(a, b, INTERPRETER: tl.constexpr):
+        """a / b: libdevice's fast_dividef in fp32 on the GPU (~2 ulp), else a / b."""
+        if INTERPRETER or b.dtype == tl.float64:
+            q = a / b
+        else:
+            q = fast_dividef(a, b)
+        return q
+
+    @triton.jit
+    def _erfc(x, INTERPRETER: tl.constexpr):
+        """erfc(x) for fp32 with a fractional error of about 1.2e-7 (the Chebyshev fit of
+        Numerical Recipes, 6.2) plus the fast exp / division: fewer instructions than
+        libdevice's erff, and as an erfc no cancellation in gelu's negative tail."""
+        a = tl.abs(x)
+        t = _div(tl.full(a.shape, 1.0, a.dtype), 1.0 + 0.5 * a, INTERPRETER)
+        poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+            -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+                -0.82215223 + t * 0.17087277))))))))
+        r = t * _exp(poly - a * a, INTERPRETER)
+        return tl.where(x >= 0, r, 2.0 - r)
+
+    @triton.jit
+    def _normal_cdf(z, INTERPRETER: tl.constexpr):
+        """Phi(z) = erfc(-z / sqrt 2) / 2: libdevice's erf in fp64, _erfc in fp32."""
+        if z.dtype == tl.float64:
+            cdf = 0.5 * (1.0 + tl.erf(z * _const(z, 0.7071067811865476)))
+        else:
+            cdf = 0.5 * _erfc(-z * 0.7071067811865476, INTERPRETER)
+        return cdf
+
+    @triton.jit
+    def _sigmoid(z, INTERPRETER: tl.constexpr):
+        return _div(tl.full(z.shape, 1.0, z.dtype), 1.0 + _exp(-z, INTERPRETER), INTERPRETER)
+
+    @triton.jit
+    def _activation(z, ACT: tl.constexpr, INTERPRETER: tl.constexpr):
+        """act(z) with torch's formulas (in fp32 on the GPU with fast exp / division, within
+        a few ulp); gelu_tanh uses 0.5 * (1 + tanh(u)) = sigmoid(2u)."""
         if ACT == 1:  # relu (NaN passes through, as in torch)
             y = tl.where(z < 0, 0.0, z)
         elif ACT == 2:  # gelu (erf)
-            y = z * 0.5 * (1.0 + tl.erf(z * _const(z, 0.7071067811865476)))
+            y = z * _normal_cdf(z, INTERPRETER)
         elif ACT == 3:  # gelu_tanh
             u = _const(z, 0.7978845608028654) * (z + _const(z, 0.044715) * z * z * z)
-            y = z * _sigmoid(2.0 * u)
+            y = z * _sigmoid(2.0 * u, INTERPRETER)
         elif ACT == 4:  # silu
-            y = z / (1.0 + tl.exp(-z))
+            y = _div(z, 1.0 + _exp(-z, INTERPRETER), INTERPRETER)
         else:
             y = z
         return y
 
     @triton.jit
-    def _activation_grad(g, z, ACT: tl.constexpr):
+    def _activation_grad(g, z, ACT: tl.constexpr, INTERPRETER: tl.constexpr):
         """g * act'(z) (torch's backward formulas)."""
         if ACT == 1:
             gz = tl.where(z > 0, g, 0.0)
         elif ACT == 2:
-            cdf = 0.5 * (1.0 + tl.erf(z * _const(z, 0.7071067811865476)))
-            pdf = tl.exp(-0.5 * z * z) * _const(z, 0.3989422804014327)
-            gz = g * (cdf + z * pdf)
+            pdf = _exp(-0.5 * z * z, INTERPRETER) * _const(z, 0.3989422804014327)
+            gz = g * (_normal_cdf(z, INTERPRETER) + z * pdf)
         elif ACT == 3:
             k = _const(z, 0.7978845608028654)
             c = _const(z, 0.044715)
-            s = _sigmoid(2.0 * k * (z + c * z * z * z))  # 0.5 * (1 + tanh(u))
+            s = _sigmoid(2.0 * k * (z + c * z * z * z), INTERPRETER)  # 0.5 * (1 + tanh(u))
             gz = g * (s + 2.0 * z * s * (1.0 - s) * k * (1.0 + 3.0 * c * z * z))
         elif ACT == 4:
-            s = _sigmoid(z)
+            s = _sigmoid(z, INTERPRETER)
             gz = g * (s * (1.0 + z * (1.0 - s)))
         else:
             gz = g
@@ -191,7 +238,7 @@ if stream.HAS_TRITON:
         z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
         if HAS_BIAS:
             z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
-        a = _activation(z, ACT)
+        a = _activation(z, ACT, SOFTWARE_BF16)
         if MASK != 0:
             a = a * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
                                 mask_row_ptr, mask_col_stride, threshold, scale_hi, scale_lo, a, MASK, SEED_FROM_PTR)
@@ -231,7 +278,7 @@ if stream.HAS_TRITON:
                 z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
                 if HAS_BIAS:
                     z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
-                g = _activation_grad(g, z, ACT)
+                g = _activation_grad(g, z, ACT, SOFTWARE_BF16)
             tl.store(gx_ptr + off, round_to(g, gx_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
             if REDUCE_BIAS:
                 acc += tl.where(valid, g, 0.0)
