@@ -460,7 +460,7 @@ def check_fp32_activation_accuracy(activation, device):
     u = math.sqrt(2 / math.pi) * (zd + 0.044715 * zd**3)
     want = {"gelu": 0.5 * zd * torch.special.erfc(-zd / math.sqrt(2)),
             "gelu_tanh": zd * torch.sigmoid(2 * u), "silu": zd * torch.sigmoid(zd)}[activation]
-    torch.testing.assert_close(got.double(), want, rtol=3e-5, atol=1e-37)
+    torch.testing.assert_close(got.double(), want, rtol=3e-5, atol=2e-37)  # GPU: |values| < 2**-126 flush to 0
 
 
 @needs_interpreter

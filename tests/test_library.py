@@ -8,7 +8,8 @@ import seeddrop
 
 def test_registered_ops_match_the_eager_path_and_differentiate():
     """The torch.library ops (what compiled graphs call) give eager's values and gradients;
-    the backward-only op refuses inputs that require grad instead of dropping them."""
+    the backward-only op runs on inputs that require grad and refuses to be differentiated
+    (instead of silently giving no gradient)."""
     x = torch.randn(5, 24, requires_grad=True)
     g = torch.randn(5, 24)
     y_op = torch.ops.seeddrop.dropout(x, None, 321, 0.4, [], False)
@@ -19,9 +20,11 @@ def test_registered_ops_match_the_eager_path_and_differentiate():
     assert torch.equal(g_op, g_eager)
     with torch.no_grad():
         assert torch.equal(torch.ops.seeddrop.dropout(x, None, 321, 0.4, [], False), y_eager)
+    grad_x, _ = torch.ops.seeddrop.dropout_add_backward(g.requires_grad_(), None, None, None, 1, 0.4, True, [],
+                                                        False, 0, torch.float32, False)
+    assert torch.equal(grad_x, seeddrop.dropout(g.detach(), 0.4, seed=1))
     with pytest.raises(RuntimeError, match="not differentiable"):
-        torch.ops.seeddrop.dropout_add_backward(g.requires_grad_(), None, None, None, 1, 0.4, True, [], False, 0,
-                                                torch.float32, False)
+        grad_x.sum().backward()
 
 
 def test_registered_dropout_add_and_sparse_jl_ops_match_eager():

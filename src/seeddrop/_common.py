@@ -95,10 +95,11 @@ _C_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
 def lean_apply(function: type):
-    """`function.apply` without autograd.Function.apply's Python layer: its functorch
-    bookkeeping (unwrapping dead wrappers; default-arg binding for setup_context
-    Functions, which ours are not) matters only while functorch transforms (vmap, grad)
-    are active, and then the regular apply is used. Saves ~5 us of host time per call."""
+    """`function.apply` (positional arguments only) without autograd.Function.apply's
+    Python layer, which binds default arguments for setup_context Functions (ours are not)
+    and, outside functorch transforms, unwraps "dead" functorch wrappers: tensors that
+    escaped an exited vmap/grad, which seeddrop's ops are not given. While transforms are
+    active the regular apply runs. Saves ~5 us of host time per call."""
     c_apply = _C_FUNCTION_APPLY.__get__(None, function)
     regular_apply = function.apply
     transforms_active = torch._C._are_functorch_transforms_active

@@ -24,44 +24,40 @@ def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=N
     impl(*args) computes the op on real tensors; fake(*args) returns empty outputs of the
     right metadata; setup_context(ctx, inputs, output) saves what backward(ctx, *grads)
     needs; backward returns one gradient (or None) per op argument. Without backward the
-    op is not differentiable (an error when an input requires grad, as for custom_op).
+    op is not differentiable: it runs, and an error is raised when a backward pass
+    reaches it (as for custom_op).
     """
-    _LIB.define(f"{name}{schema}")
+    _LIB.define(f"{name}{schema}", tags=(torch.Tag.pt2_compliant_tag,))
     _LIB.impl(name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"seeddrop::{name}", fake, lib=_LIB)
     op = getattr(torch.ops.seeddrop, name).default
     below_autograd = torch._C._AutoDispatchBelowAutograd
 
-    def needs_grad(args) -> bool:
-        return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-
     if backward is None:
-        def autograd_kernel(*args):
-            if needs_grad(args):
-                raise RuntimeError(f"seeddrop::{name} is not differentiable (no derivative is registered)")
+        def backward(ctx, *grads):
+            raise RuntimeError(f"seeddrop::{name} is not differentiable (no derivative is registered)")
+
+    class OpFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
             with below_autograd():
-                return op(*args)
-    else:
-        class OpFunction(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, *args):
-                with below_autograd():
-                    output = op(*args)
+                output = op(*args)
+            if setup_context is not None:
                 setup_context(ctx, args, output)
-                return output
+            return output
 
-            @staticmethod
-            def backward(ctx, *grads):
-                return backward(ctx, *grads)
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
 
-        OpFunction.__name__ = OpFunction.__qualname__ = f"{name}_function"
-        apply = lean_apply(OpFunction)
+    OpFunction.__name__ = OpFunction.__qualname__ = f"{name}_function"
+    apply = lean_apply(OpFunction)
 
-        def autograd_kernel(*args):
-            if needs_grad(args):
-                return apply(*args)
-            with below_autograd():
-                return op(*args)
+    def autograd_kernel(*args):
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return apply(*args)
+        with below_autograd():
+            return op(*args)
 
     _LIB.impl(name, autograd_kernel, "Autograd")
     return op
