@@ -111,6 +111,16 @@ if stream.HAS_TRITON:
         tl.store(out_ptr + i * 4 + 3, w3.to(tl.int64))
 
     @triton.jit
+    def _philox_words_probe_kernel(seed_ptr, counter_ptr, out_ptr, N: tl.constexpr):
+        """out[i, :] = stream.philox_words(seed[i], counter[i]), uint32 words as int64."""
+        i = tl.arange(0, N)
+        w0, w1, w2, w3 = stream.philox_words(tl.load(seed_ptr + i), tl.load(counter_ptr + i))
+        tl.store(out_ptr + i * 4 + 0, w0.to(tl.int64))
+        tl.store(out_ptr + i * 4 + 1, w1.to(tl.int64))
+        tl.store(out_ptr + i * 4 + 2, w2.to(tl.int64))
+        tl.store(out_ptr + i * 4 + 3, w3.to(tl.int64))
+
+    @triton.jit
     def _keep_at_index_probe_kernel(seed_ptr, index_ptr, out_ptr, threshold, N: tl.constexpr):
         i = tl.arange(0, N)
         keep = stream.keep_at_index(tl.load(seed_ptr + i), tl.load(index_ptr + i), threshold)
@@ -135,7 +145,8 @@ if stream.HAS_TRITON:
 
 @needs_interpreter
 def test_triton_philox_known_answers():
-    """tl.philox (what stream.group_keep_tile / keep_at_index call) is Random123's philox4x32-10."""
+    """tl.philox is Random123's philox4x32-10 (stream.philox_words, which the kernels call,
+    computes the same rounds: test_triton_philox_words_match_numpy_reference)."""
     n = 4
     rows = PHILOX4X32_10_KAT + [PHILOX4X32_10_KAT[0]]
     ctr = torch.tensor([list(c) for c, _, _ in rows], dtype=torch.int64)
@@ -144,6 +155,35 @@ def test_triton_philox_known_answers():
     _philox_probe_kernel[(1,)](ctr, seed, out, N=n)
     for row, (_, _, expected) in zip(out.tolist(), rows):
         assert tuple(row) == expected
+
+
+def check_philox_words(device):
+    """stream.philox_words (the kernels' Philox, with wide multiplies) == the NumPy
+    Random123 reference for key = seed, counter = (low word, high word, 0, 0)."""
+    gen = torch.Generator().manual_seed(1)
+    n = 1024
+    seed = torch.randint(-(2**63), 2**63 - 1, (n,), generator=gen, dtype=torch.int64)
+    counter = torch.randint(0, 2**62, (n,), generator=gen, dtype=torch.int64)
+    seed[:4] = torch.tensor([0, -1, 2**63 - 1, -(2**63)])
+    counter[:5] = torch.tensor([0, 1, 2**32 - 1, 2**32, 2**61 + 12345])
+    out = torch.full((n, 4), -1, dtype=torch.int64, device=device)
+    _philox_words_probe_kernel[(1,)](seed.to(device), counter.to(device), out, N=n)
+    key = seed.numpy().view(np.uint64)
+    ctr = counter.numpy().view(np.uint64)
+    expected = np.stack(np_philox4x32_10((ctr & 0xFFFFFFFF, ctr >> np.uint64(32), 0, 0),
+                                         (key & 0xFFFFFFFF, key >> np.uint64(32))), axis=1)
+    assert np.array_equal(out.cpu().numpy().astype(np.uint64), expected)
+
+
+@needs_interpreter
+def test_triton_philox_words_match_numpy_reference():
+    check_philox_words("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_philox_words_match_numpy_reference():
+    check_philox_words("cuda")
 
 
 # ---------------------------------------------------------------------------
