@@ -2,6 +2,7 @@
 and nvdisasm) and print SASS instruction counts, to compare kernel variants offline.
 
 python scripts/sass_stats.py dropout_add_fwd --act 2 --dtype bf16
+python scripts/sass_stats.py jl_matmul --dtype bf16
 """
 import argparse
 import collections
@@ -72,15 +73,33 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=
                         enable_fp_fusion=fusion)
 
 
+def jl_matmul(dtype, block_m=16, block_n=64, block_r=128, num_warps=4, num_stages=3):
+    """sparse_jl's forward kernel (split partials, the B = 1 config by default)."""
+    from seeddrop.ops import sparse_jl as sj
+    sig = {"a_ptr": "*" + dtype, "out_ptr": "*fp64" if dtype == "fp64" else "*fp32", "seed_ptr": "*i64",
+           "seed_value": "i64", "M": "i32", "N": "i32", "R": "i32", "r_per_split": "i32", "a_sm": "i32",
+           "a_sr": "i32", "o_ss": "i32", "o_sm": "i32", "o_sn": "i32", "threshold": "i32", "scale_hi": "i32",
+           "scale_lo": "i32"}
+    dot_mode = {"fp32": 2, "fp64": 1}.get(dtype, 0)
+    const = {"FORWARD": True, "SWAP": False, "PARTIAL": True, "SEED_FROM_PTR": False, "DOT_MODE": dot_mode,
+             "USE_WHILE": False, "SOFTWARE_BF16": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_R": block_r}
+    for k in const:
+        sig[k] = "constexpr"
+    return compile_sass(sj._jl_matmul_kernel, sig, const, num_warps=num_warps,
+                        aligned=("a_ptr", "out_ptr", "R", "a_sm"), num_stages=num_stages)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("kernel", choices=["dropout_add_fwd", "dropout_add_bwd"])
+    ap.add_argument("kernel", choices=["dropout_add_fwd", "dropout_add_bwd", "jl_matmul"])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     ap.add_argument("--act", type=int, default=2, help="activation code: 0 none, 1 relu, 2 gelu, 3 gelu_tanh, 4 silu")
     ap.add_argument("--fusion", action="store_true", help="forward: compile with fp fusion")
     a = ap.parse_args()
     if a.kernel == "dropout_add_fwd":
         _, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
+    elif a.kernel == "jl_matmul":
+        _, sass = jl_matmul(a.dtype)
     else:
         _, sass = dropout_add_bwd(a.dtype, a.act)
     st = stats(sass)
