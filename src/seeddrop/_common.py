@@ -200,9 +200,9 @@ def seed_as_tensor(seed: Seed, device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------
 def float64_halves(value: float) -> tuple:
     """(hi, lo): the 64 bits of the float64 `value` as two signed 32-bit ints, hi the upper
-    word (stream.float64_from_halves rebuilds it in a kernel). Kernels take 64-bit
-    constants this way so that torch.compile can launch them (torch.library.triton_op):
-    Inductor cannot pass an int beyond 32 bits to a user Triton kernel."""
+    word (stream.float64_from_halves rebuilds it in a kernel). Two int32 arguments give
+    every p the same kernel signature (an int64 argument would be typed i32 for p = 1's
+    zero bits), and are what Inductor can pass to a user kernel (not ints beyond 32 bits)."""
     bits = struct.unpack("<q", struct.pack("<d", value))[0]
     hi, lo = bits >> 32, bits & 0xFFFFFFFF
     return hi, lo - (1 << 32) if lo >= 1 << 31 else lo

@@ -105,8 +105,8 @@ if HAS_TRITON:
     @triton.jit
     def float64_from_halves(hi, lo):
         """The float64 with bits (hi << 32) | (lo mod 2**32), hi and lo 32-bit ints (see
-        _common.float64_halves); written to accept them as runtime ints or constants."""
-        bits = ((hi + tl.zeros([], tl.int64)) << 32) | ((lo + tl.zeros([], tl.int64)) & 0xFFFFFFFF)
+        _common.float64_halves)."""
+        bits = (hi.to(tl.int64) << 32) | (lo.to(tl.int64) & 0xFFFFFFFF)
         return bits.to(tl.float64, bitcast=True)
 
     @triton.jit

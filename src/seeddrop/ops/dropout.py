@@ -37,7 +37,8 @@ from .._library import define_op
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
-    # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    # Stream helpers imported by bare name (what Inductor needs to copy a user kernel's jit
+    # dependencies, should these kernels be handed to torch.compile as triton_ops).
     from ..stream import float64_from_halves, group_keep_tile, keep_at_index, round_to
 
     @triton.jit(do_not_specialize=["seed_value", "index_offset", "threshold", "scale_hi", "scale_lo"])
@@ -243,9 +244,10 @@ def apply_dropout(x: torch.Tensor, p: float, seed: Seed, shared: tuple, per_row:
 
 def dropout_mask_tensor(mask_shape: tuple, p: float, seed: Seed, per_row: bool, device) -> torch.Tensor:
     """Bool keep mask of `mask_shape` on `device` (kernel on CUDA / interpreter)."""
-    out = torch.empty(mask_shape, dtype=torch.int8, device=device)
-    if not use_triton(out):
+    probe = torch.empty((), device=device)
+    if not use_triton(probe):
         return mask_reference(mask_shape, p, seed, per_row, device)
+    out = torch.empty(mask_shape, dtype=torch.int8, device=device)
     if out.numel():
         launch(None, out, (), seed, p, per_row)
     return out.view(torch.bool)

@@ -81,7 +81,7 @@ CPU_TILE_ELEMENTS = 16384
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
-    # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    # Helpers imported by bare name (see ops/dropout.py).
     from triton.language.extra.libdevice import fast_dividef, fast_expf
 
     from ..stream import float64_from_halves, group_keep_tile, keep_at_index, round_to

@@ -83,7 +83,7 @@ def jl_params(out_features, in_features, density=None) -> JLParams:
 if stream.HAS_TRITON:
     import triton
     import triton.language as tl
-    # Helpers by bare name: torch.compile copies the jit functions a kernel names into its own code.
+    # Stream helpers imported by bare name (see ops/dropout.py).
     from ..stream import float64_from_halves, group_draws_tile, round_to
 
     _GROUP_ROW_SHIFT: tl.constexpr = tl.constexpr(ROW_SHIFT - 3)
