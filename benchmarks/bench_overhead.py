@@ -46,12 +46,17 @@ def main():
     g = torch.randn_like(x)
     seeds = torch.randint(0, 2**62, (64,), device="cuda")
     x2 = torch.randn(64, 64, device="cuda")
+    compiled_native = torch.compile(lambda t: F.dropout(t, 0.1), fullgraph=True)
+    compiled_ours = torch.compile(lambda t: seeddrop.dropout(t, 0.1), fullgraph=True)
     cases = [
         ("forward, no grad", lambda: F.dropout(x, 0.1), lambda: seeddrop.dropout(x, 0.1)),
         ("forward, no grad, int seed", None, lambda: seeddrop.dropout(x, 0.1, seed=5)),
         ("forward, no grad, per-row seeds", None, lambda: seeddrop.dropout(x2, 0.1, seed=seeds)),
         ("forward, requires_grad", lambda: F.dropout(xr, 0.1), lambda: seeddrop.dropout(xr, 0.1)),
         ("forward+backward", lambda: F.dropout(xr, 0.1).backward(g), lambda: seeddrop.dropout(xr, 0.1).backward(g)),
+        ("torch.compile'd function, no grad", lambda: compiled_native(x), lambda: compiled_ours(x)),
+        ("torch.compile'd function, forward+backward", lambda: compiled_native(xr).backward(g),
+         lambda: compiled_ours(xr).backward(g)),
     ]
     lines = ["| case (4096 elements) | F.dropout us/call | seeddrop us/call |", "|---|---|---|"]
     fns = [fn for _, native, ours in cases for fn in (native, ours) if fn is not None]
