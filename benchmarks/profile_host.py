@@ -18,6 +18,7 @@ import time
 
 import torch
 
+import seeddrop
 import bench_dropout_add as bda  # this folder: run as python benchmarks/profile_host.py
 from bench_gpt2 import training_step
 
@@ -92,10 +93,16 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--calls", type=int, default=100, help="calls per step of the compiled-function cases")
     ap.add_argument("--no-gpt2", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    cases = [(f"MLP sub-block, {impl}", lambda impl=impl: mlp_step(impl)) for impl in ("nn.Dropout", "seeddrop.dropout_add")]
+    x = torch.randn(4096, device="cuda")
+    compiled = {"F.dropout": torch.compile(lambda t: torch.nn.functional.dropout(t, 0.1), fullgraph=True),
+                "seeddrop.dropout": torch.compile(lambda t: seeddrop.dropout(t, 0.1), fullgraph=True)}
+    cases = [(f"torch.compile'd {name}, 4096 elements, x{args.calls} calls",
+              lambda fn=fn: lambda: [fn(x) for _ in range(args.calls)]) for name, fn in compiled.items()]
+    cases += [(f"MLP sub-block, {impl}", lambda impl=impl: mlp_step(impl)) for impl in ("nn.Dropout", "seeddrop.dropout_add")]
     if not args.no_gpt2:
         for compiled in (False, True):
             for variant in ("nn.Dropout", "seeddrop.Dropout"):
