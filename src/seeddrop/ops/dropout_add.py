@@ -255,7 +255,12 @@ if stream.HAS_TRITON:
     ):
         """grad_x = grad_out * multiplier * act'(x + bias) over `tiles_per_program` row tiles of
         one column block; REDUCE_BIAS: this program's column sums of grad_x (in CDT, before
-        rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics)."""
+        rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics). With
+        REDUCE_BIAS and an activation the loop loads tile t + 1 before computing tile t: its
+        loads stay in flight while this program computes (few programs fit an SM, and the
+        loop would otherwise stall on every tile's loads; H100, bf16 [8192, 49152]: gelu
+        1.83 -> 1.54x floor, relu 1.27 -> 1.08x; no gain without an activation)."""
+        PREFETCH: tl.constexpr = REDUCE_BIAS and ACT != 0
         pid = tl.program_id(0).to(tl.int64)
         if FLAT:
             n_c = 1
@@ -268,14 +273,22 @@ if stream.HAS_TRITON:
         t = chunk * tiles_per_program
         t_end = tl.minimum(t + tiles_per_program, n_r)
         acc = tl.zeros([BLOCK_R, BLOCK_G, 8], CDT)  # reduced over rows once, after the loop
+        if PREFETCH:
+            g_next, x_next = _load_grad_tile(g_ptr, x_ptr, t, t_end, tile_c, R, C, N, ACT, FLAT, BLOCK_R, BLOCK_G)
         while t < t_end:  # a while loop: Triton's interpreter cannot range() over an argument
             rows, gcols, off, valid, col, groups = _tile(t, tile_c, R, C, N, FLAT, BLOCK_R, BLOCK_G)
-            g = tl.load(g_ptr + off, mask=valid, other=0.0).to(CDT)
+            if PREFETCH:
+                g_raw, x_raw = g_next, x_next
+                g_next, x_next = _load_grad_tile(g_ptr, x_ptr, t + 1, t_end, tile_c, R, C, N, ACT, FLAT,
+                                                 BLOCK_R, BLOCK_G)
+            else:
+                g_raw, x_raw = _load_grad_tile(g_ptr, x_ptr, t, t_end, tile_c, R, C, N, ACT, FLAT, BLOCK_R, BLOCK_G)
+            g = g_raw.to(CDT)
             if MASK != 0:
                 g = g * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
                                     mask_row_ptr, mask_col_stride, threshold, scale_hi, scale_lo, g, MASK, SEED_FROM_PTR)
             if ACT != 0:
-                z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
+                z = x_raw.to(CDT)
                 if HAS_BIAS:
                     z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
                 g = _activation_grad(g, z, ACT, SOFTWARE_BF16)
@@ -286,6 +299,20 @@ if stream.HAS_TRITON:
         if REDUCE_BIAS:
             cols = (tile_c * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64))[:, None] * 8 + tl.arange(0, 8)[None, :]
             tl.store(partial_ptr + chunk * C + cols, tl.sum(acc, axis=0), mask=cols < C)
+
+    @triton.jit
+    def _load_grad_tile(g_ptr, x_ptr, t, t_end, tile_c, R, C, N, ACT: tl.constexpr, FLAT: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+        """grad_out and (with an activation) x of row tile t, zeros where t >= t_end; without
+        an activation x is not read (grad_out is returned in its place)."""
+        _, _, off, valid, _, _ = _tile(t, tile_c, R, C, N, FLAT, BLOCK_R, BLOCK_G)
+        valid = valid & (t < t_end)
+        g = tl.load(g_ptr + off, mask=valid, other=0.0)
+        if ACT != 0:
+            x = tl.load(x_ptr + off, mask=valid, other=0.0)
+        else:
+            x = g
+        return g, x
 
 
 # --------------------------------------------------------------------------
