@@ -256,11 +256,12 @@ if stream.HAS_TRITON:
         """grad_x = grad_out * multiplier * act'(x + bias) over `tiles_per_program` row tiles of
         one column block; REDUCE_BIAS: this program's column sums of grad_x (in CDT, before
         rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics). With
-        REDUCE_BIAS and an activation the loop loads tile t + 1 before computing tile t: its
-        loads stay in flight while this program computes (few programs fit an SM, and the
-        loop would otherwise stall on every tile's loads; H100, bf16 [8192, 49152]: gelu
-        1.83 -> 1.54x floor, relu 1.27 -> 1.08x; no gain without an activation)."""
-        PREFETCH: tl.constexpr = REDUCE_BIAS and ACT != 0
+        REDUCE_BIAS, an activation and 16-bit data the loop loads tile t + 1 before computing
+        tile t: its loads stay in flight while this program computes (few programs fit an SM,
+        and the loop would otherwise stall on every tile's loads; H100, bf16 [8192, 49152]:
+        gelu 1.83 -> 1.54x floor, relu 1.27 -> 1.08x; no gain without an activation, and
+        fp32 lost 2-4 %)."""
+        PREFETCH: tl.constexpr = REDUCE_BIAS and ACT != 0 and g_ptr.dtype.element_ty.primitive_bitwidth <= 16
         pid = tl.program_id(0).to(tl.int64)
         if FLAT:
             n_c = 1
