@@ -1,6 +1,7 @@
-"""Plan sweep of seeddrop.dropout_add on the GPU: tile bytes, columns per tile and programs
-per SM of the bias-reducing backward, tile bytes of the forward; each timed as x memory
-floor (forward 1.5 x copy, backward 1.0 / 1.5 x copy). Plans are changed through the
+"""Plan sweep of seeddrop.dropout_add on the GPU: first what the bias reduction costs (the
+backward with a bias gradient vs with a bias that needs none vs without bias), then tile
+bytes, columns per tile and programs per SM of the bias-reducing backward, tile bytes of
+the forward; each timed as x memory floor (forward 1.5 x copy, backward 1.0 / 1.5 x copy). Plans are changed through the
 module's knobs (GPU_TILE_BYTES, BWD_REDUCE_COLS, BWD_PROGRAMS_PER_SM); the kernel key
 includes the tile shape, so every plan runs its own compiled kernel.
 
@@ -20,10 +21,30 @@ def bench(fn):
     return do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
+def reduction_cost(shape=(8192, 49152), dtype=torch.bfloat16):
+    """Backward / floor with the bias reduction, with a bias needing no gradient, without bias."""
+    x, r, g = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(3))
+    b = torch.randn(shape[-1], device="cuda", dtype=dtype)
+    out = torch.empty_like(x)
+    copy = bench(lambda: out.copy_(x))
+    for act in (None, "relu", "gelu", "gelu_tanh", "silu"):
+        floor = copy * (1.0 if act is None else 1.5)
+        row = []
+        for mode in ("bias grad", "bias no grad", "no bias"):
+            xs, rs = x.detach().requires_grad_(), r.detach().requires_grad_()
+            bs = b.detach().requires_grad_(mode == "bias grad")
+            y = seeddrop.dropout_add(xs, rs, 0.1, bias=None if mode == "no bias" else bs, activation=act, seed=7)
+            inputs = (xs, rs, bs) if mode == "bias grad" else (xs, rs)
+            t = bench(lambda: torch.autograd.grad(y, inputs, g, retain_graph=True))
+            row.append(f"{mode} {t / floor:.3f}x")
+        print(f"bwd {shape} {dtype} {act}: " + ", ".join(row), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    reduction_cost()
     shapes = [(16384, 4096), (8192, 49152)]
     acts = [None, "gelu", "silu", "relu"]  # fp32: None and gelu
     dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float32]
@@ -39,7 +60,7 @@ def main():
             res = []
             cfg = da.Config(0.1, True, (), False, da.check_activation(act))
             narrow = da.narrow_reduce_tiles(cfg.act, x.element_size())
-            for tile, cols, ppsm in itertools.product((4096, 8192, 16384), (64, 256, 1024), (8, 32)):
+            for tile, cols, ppsm in itertools.product((4096, 8192, 16384), (64, 256, 1024), (4, 8, 16, 32)):
                 da.GPU_TILE_BYTES["reduce"] = tile
                 da.BWD_REDUCE_COLS[narrow] = cols
                 da.BWD_PROGRAMS_PER_SM = ppsm
