@@ -241,7 +241,7 @@ LAYOUTS = {  # name: (shape, seed, shared_dims)
 }
 
 
-def _poisoned_run(layout, activation, monkeypatch):
+def _poisoned_run(layout, activation, monkeypatch, dtype=torch.float32):
     """Forward and backward through the internal entry points with NaN-filled outputs and
     bias workspace, against the unfused composition's values and autograd gradients."""
     torch.manual_seed(10)
@@ -252,19 +252,20 @@ def _poisoned_run(layout, activation, monkeypatch):
     else:
         kernel_seed = Seed(None, seed - 2**64 if seed >= 2**63 else seed)
     monkeypatch.setattr(dadd, "empty_workspace", lambda s, dt, dev: torch.full(s, float("nan"), dtype=dt, device=dev))
-    x, r, b = inputs(shape, torch.float32, requires_grad=True)
-    g = torch.randn(shape)
+    x, r, b = inputs(shape, dtype, requires_grad=True)
+    g = torch.randn(shape, dtype=dtype)
     cfg = dadd.Config(P, True, shared, isinstance(seed, torch.Tensor), dadd.ACTIVATIONS.index(activation))
-    out = torch.full(shape, float("nan"))
-    gx = torch.full(shape, float("nan"))
+    out = torch.full(shape, float("nan"), dtype=dtype)
+    gx = torch.full(shape, float("nan"), dtype=dtype)
     with torch.no_grad():
         dadd.apply_dropout_add(x, r, b, kernel_seed, cfg, out=out)
-        _, bias_sum = dadd.apply_dropout_add_backward(g, x, b, kernel_seed, cfg, torch.float32, True, grad_x=gx)
+        _, bias_sum = dadd.apply_dropout_add_backward(g, x, b, kernel_seed, cfg, dtype, True, grad_x=gx)
     expected = unfused(x, r, bias=b, activation=activation, seed=seed, shared_dims=shared)
     ex, _, eb = torch.autograd.grad(expected, (x, r, b), g)
     assert_matches(out, expected.detach(), activation)
     assert_matches(gx, ex, activation)
-    torch.testing.assert_close(bias_sum, eb, rtol=1e-5, atol=1e-5)
+    rtol, atol = BIAS_TOLERANCE[dtype]
+    torch.testing.assert_close(bias_sum.to(dtype), eb, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -274,16 +275,17 @@ def test_every_element_written(layout, activation, monkeypatch):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_small_tiles_write_every_element(layout, monkeypatch):
+def test_small_tiles_write_every_element(layout, dtype, monkeypatch):
     """Tiles of 64 elements: many programs, several row tiles per backward program and
-    several bias-workspace chunks."""
+    several bias-workspace chunks (bf16: the backward's prefetching loop)."""
     monkeypatch.setattr(dadd, "CPU_TILE_ELEMENTS", 64)
     monkeypatch.setattr(dadd, "_PLANS", {})
     plan = dadd._plan(torch.Size(LAYOUTS[layout][0]), torch.empty(()),
                       dadd.Config(P, True, LAYOUTS[layout][2], False, 2), True)
     assert plan.grid > 1 and plan.tiles_per_program > 1 and plan.n_chunks > 1
-    _poisoned_run(layout, "gelu", monkeypatch)
+    _poisoned_run(layout, "gelu", monkeypatch, dtype)
 
 
 # ---------------------------------------------------------------------------
