@@ -283,7 +283,8 @@ if stream.HAS_TRITON:
                 g_next, x_next = _load_grad_tile(g_ptr, x_ptr, t + 1, t_end, tile_c, R, C, N, ACT, FLAT,
                                                  BLOCK_R, BLOCK_G)
             else:
-                g_raw, x_raw = _load_grad_tile(g_ptr, x_ptr, t, t_end, tile_c, R, C, N, ACT, FLAT, BLOCK_R, BLOCK_G)
+                g_raw, x_raw = _load_grad_tile(g_ptr, x_ptr, t, t_end, tile_c, R, C, N, ACT, FLAT,
+                                               BLOCK_R, BLOCK_G)
             g = g_raw.to(CDT)
             if MASK != 0:
                 g = g * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
@@ -573,8 +574,10 @@ def apply_dropout_add(x: torch.Tensor, residual: torch.Tensor, bias: Optional[to
         return out
     if not use_triton(x):
         return out.copy_(dropout_add_reference(x, residual, bias, seed, cfg, out_dtype))
-    residual = residual.expand(x.shape).contiguous()
-    launch_forward(x.contiguous(), residual, bias.contiguous() if bias is not None else None, out, seed, cfg)
+    if residual.shape != x.shape:
+        residual = residual.expand(x.shape)
+    bias = bias.contiguous() if bias is not None else None
+    launch_forward(x.contiguous(), residual.contiguous(), bias, out, seed, cfg)
     return out
 
 
