@@ -282,8 +282,8 @@ def test_small_tiles_write_every_element(layout, dtype, monkeypatch):
     several bias-workspace chunks (bf16: the backward's prefetching loop)."""
     monkeypatch.setattr(dadd, "CPU_TILE_ELEMENTS", 64)
     monkeypatch.setattr(dadd, "_PLANS", {})
-    plan = dadd._plan(torch.Size(LAYOUTS[layout][0]), torch.empty(()),
-                      dadd.Config(P, True, LAYOUTS[layout][2], False, 2), True)
+    plan = dadd._plan(torch.Size(LAYOUTS[layout][0]), torch.empty((), dtype=dtype),
+                      dadd.Config(P, True, LAYOUTS[layout][2], LAYOUTS[layout][1] == "rows", 2), True)
     assert plan.grid > 1 and plan.tiles_per_program > 1 and plan.n_chunks > 1
     _poisoned_run(layout, "gelu", monkeypatch, dtype)
 
@@ -501,6 +501,35 @@ def test_cuda_matches_cpu_reference(dtype, activation, shape):
     torch.testing.assert_close(grads_c[2].cpu(), grads[2], rtol=rtol, atol=atol * shape[0])
     again = _grads(seeddrop.dropout_add(xc, rc, P, bias=bc, activation=activation, seed=SEED), (xc, rc, bc), gc)
     assert_bitwise_equal(again[2], grads_c[2])  # bias gradient: deterministic
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_cuda_bias_reducing_backward_over_many_row_tiles(dtype, activation, monkeypatch):
+    """One program per SM: every backward program walks many row tiles (16-bit: through the
+    loop that prefetches tile t + 1), against the CPU reference."""
+    monkeypatch.setattr(dadd, "BWD_PROGRAMS_PER_SM", 1)
+    monkeypatch.setattr(dadd, "_PLANS", {})
+    shape = (4096, 520)
+    cfg = dadd.Config(P, True, (), False, dadd.ACTIVATIONS.index(activation))
+    plan = dadd._plan(torch.Size(shape), torch.empty((), dtype=dtype, device="cuda"), cfg, True)
+    assert plan.tiles_per_program > 4
+    torch.manual_seed(18)
+    x, r, b = inputs(shape, dtype, requires_grad=True)
+    g = torch.randn(shape, dtype=dtype)
+    gx, _, gb = _grads(seeddrop.dropout_add(x, r, P, bias=b, activation=activation, seed=SEED), (x, r, b), g)
+    xc, rc, bc = (t.detach().cuda().requires_grad_() for t in (x, r, b))
+    out_c = seeddrop.dropout_add(xc, rc, P, bias=bc, activation=activation, seed=SEED)
+    gx_c, _, gb_c = _grads(out_c, (xc, rc, bc), g.cuda())
+    if activation in EXACT_ACTS:
+        assert_bitwise_equal(gx_c.cpu(), gx)
+    else:
+        rtol, atol = TOLERANCE[dtype]
+        torch.testing.assert_close(gx_c.cpu(), gx, rtol=rtol, atol=atol * 10)
+    rtol, atol = BIAS_TOLERANCE[dtype]
+    torch.testing.assert_close(gb_c.cpu(), gb, rtol=rtol, atol=atol * shape[0])
 
 
 @pytest.mark.cuda
