@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in one device call: the CUDA tests, then the benchmarks.
-# Usage: bash scripts/gpu_check.sh [tests] [bench] [core] [dropout_add] [sparse_jl] [gpt2] [tune] [all]
-# (tune: plan sweeps, the host-overhead breakdown and a GPT-2 step profile; not part of all)
+# Usage: bash scripts/gpu_check.sh [tests] [bench] [core] [dropout_add] [sparse_jl] [gpt2] [tune] [ab] [all]
+# (tune: plan sweeps, the host-overhead breakdown and a GPT-2 step profile; ab: host overhead and
+# the compiled GPT-2 step under both op registrations, SEEDDROP_OP_REGISTRATION; neither is part of all)
 # Results go to $RESULTS (default ./gpu_results); when $OUT is set (the device tool) they are
 # also packed into $OUT/gpu_results.tgz. Short tables are printed last.
 set -uo pipefail
@@ -32,6 +33,14 @@ if [[ " $parts " == *" tune "* ]]; then
   python benchmarks/profile_gpt2.py --out "$RESULTS" --no-eager 2>&1 | tee "$RESULTS/profile_gpt2.log" | tail -n 3
   python benchmarks/tune_variational.py 2>&1 | tee "$RESULTS/tune_variational.log"
   python benchmarks/tune_dropout_add.py 2>&1 | tee "$RESULTS/tune_dropout_add.log"
+fi
+if [[ " $parts " == *" ab "* ]]; then
+  for reg in define_op custom_op define_op custom_op; do
+    echo "== SEEDDROP_OP_REGISTRATION=$reg"
+    SEEDDROP_OP_REGISTRATION=$reg python benchmarks/bench_overhead.py --out "$RESULTS/ab_$reg" 2>&1 | tail -n 2
+    SEEDDROP_OP_REGISTRATION=$reg python benchmarks/bench_gpt2.py --out "$RESULTS/ab_$reg" --steps 10 --no-eager \
+      --variants nn.Dropout seeddrop.Dropout 2>&1 | tail -n 2
+  done 2>&1 | tee "$RESULTS/ab.log"
 fi
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_results.tgz" "$RESULTS"; fi
 exit $status

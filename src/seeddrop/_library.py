@@ -8,14 +8,23 @@ op is defined from its schema with one backend kernel for every device
 straight to the backend when no gradient is needed; with a gradient it applies an
 autograd.Function whose forward runs the op below autograd (so tracers record the op)
 and whose backward is the given function.
+
+SEEDDROP_OP_REGISTRATION=custom_op (read at import) registers the same ops with
+`torch.library.custom_op` instead, to compare the two registrations' host cost on one
+machine (benchmarks); the default is this module's lean registration.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from ._common import lean_apply
 
 _LIB = torch.library.Library("seeddrop", "DEF")  # noqa: TOR901 (ops are defined below, by name)
+REGISTRATION = os.environ.get("SEEDDROP_OP_REGISTRATION", "define_op")
+if REGISTRATION not in ("define_op", "custom_op"):
+    raise ValueError(f"SEEDDROP_OP_REGISTRATION must be 'define_op' or 'custom_op', but got {REGISTRATION!r}")
 
 
 def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=None):
@@ -27,6 +36,8 @@ def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=N
     op is not differentiable: it runs, and an error is raised when a backward pass
     reaches it (as for custom_op).
     """
+    if REGISTRATION == "custom_op":
+        return _define_custom_op(name, schema, impl, fake, setup_context, backward)
     _LIB.define(f"{name}{schema}", tags=(torch.Tag.pt2_compliant_tag,))
     _LIB.impl(name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"seeddrop::{name}", fake, lib=_LIB)
@@ -61,3 +72,12 @@ def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=N
 
     _LIB.impl(name, autograd_kernel, "Autograd")
     return op
+
+
+def _define_custom_op(name, schema, impl, fake, setup_context, backward):
+    """The same op through torch.library.custom_op (SEEDDROP_OP_REGISTRATION=custom_op)."""
+    op = torch.library.custom_op(f"seeddrop::{name}", impl, mutates_args=(), schema=schema)
+    op.register_fake(fake)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    return getattr(torch.ops.seeddrop, name).default
