@@ -7,7 +7,9 @@ Triton's launcher, Inductor's generated wrapper) shows up here.
 
 python benchmarks/profile_host.py --out DIR [--layers 2] [--steps 50]
 Writes DIR/host_profile.txt; prints one line per case: wall ms per step when steps are
-queued without syncs (max of host and GPU time) and the GPU time per step.
+queued without syncs (max of host and GPU time), the CUDA-event span of those queued steps
+(about the wall time by construction: not GPU busy time), and the event span of one step
+run alone between syncs.
 """
 import argparse
 import cProfile
@@ -24,7 +26,7 @@ from bench_gpt2 import training_step
 
 
 def queued_ms(step, n):
-    """(wall ms per step with n steps queued back to back, GPU ms per step from events)."""
+    """(wall ms per step with n steps queued back to back, CUDA-event span per step)."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t0 = time.perf_counter()
@@ -37,8 +39,8 @@ def queued_ms(step, n):
 
 
 def idle_gpu_ms(step, n):
-    """GPU ms per step when each step runs alone (synced before and after): its kernel time
-    plus the gaps the host leaves inside it."""
+    """Event span of one step run alone (synced before and after): its kernel time plus the
+    gaps the host leaves inside it."""
     times = []
     for _ in range(n):
         torch.cuda.synchronize()
@@ -65,7 +67,7 @@ def profile_case(name, step, n, rows):
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("tottime").print_stats(rows)
-    line = f"{name:45s} queued {wall:7.3f} ms/step (GPU {gpu:7.3f} ms/step)"
+    line = f"{name:45s} queued {wall:7.3f} ms/step (event span {gpu:7.3f} ms/step)"
     print(line, flush=True)
     return line, f"## {name}\n{line}\n\n{buf.getvalue()}\n"
 
@@ -113,7 +115,7 @@ def main():
     for name, make in cases:
         step = make()
         line, text = profile_case(name, step, args.steps, args.rows)
-        lines.append(line + f"  alone: GPU {idle_gpu_ms(step, 11):.3f} ms/step")
+        lines.append(line + f"  alone: event span {idle_gpu_ms(step, 11):.3f} ms/step")
         report.append(text)
         del step
         torch.cuda.empty_cache()
