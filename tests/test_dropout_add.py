@@ -465,6 +465,26 @@ def check_fp32_activation_accuracy(activation, device):
     torch.testing.assert_close(got.double(), want, rtol=3e-5, atol=2e-37)  # GPU: |values| < 2**-126 flush to 0
 
 
+def test_gelu_tail_constants_are_the_folded_fit():
+    """The literals of the fp32 gelu (_normal_tail, the gelu derivative's pdf) are Numerical
+    Recipes' erfc fit times log2(e), minus 1 in the constant term, and the folded constants."""
+    import inspect
+    import re
+
+    def literals(fn):  # the float literals of a jit function's code, docstring excluded
+        code = inspect.getsource(fn.fn).split('"""')[-1]
+        return [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", code)]
+
+    expected = [math.log2(math.e) * c - (i == 0) for i, c in enumerate(dadd.NR_ERFC_FIT)]
+    tail = literals(dadd._normal_tail)  # 1.0, 1.0 + 1 / (2 sqrt 2) |z|, Q's coefficients, log2(e) / 2
+    assert dadd.TAIL_FIT == pytest.approx(expected, rel=1e-15)
+    assert len(tail) == 14 and tail[3:13] == pytest.approx(expected, rel=1e-15)
+    assert tail[2] == pytest.approx(1 / (2 * math.sqrt(2)), rel=1e-15)
+    assert tail[13] == pytest.approx(math.log2(math.e) / 2, rel=1e-15)
+    grad = literals(dadd._activation_grad)
+    assert math.log2(1 / math.sqrt(2 * math.pi)) == pytest.approx(grad[grad.index(-1.3257480647361592)], rel=1e-15)
+
+
 @needs_interpreter
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu"])
 def test_fp32_activations_accurate_over_the_whole_range(activation):

@@ -29,9 +29,10 @@ kernels compile with fp fusion off, so a * m is rounded before the add, exactly 
 residual + dropout(a) in fp32; with gelu / gelu_tanh / silu fusion is on (fewer
 instructions in compute-bound kernels; those results are within a tolerance anyway).
 In fp32 the activations use libdevice's fast exp and division on the GPU and gelu an
-erfc fit (Numerical Recipes 6.2): within rtol 3e-5 of exact values over [-30, 30]
-(tests), about 15-18 % fewer instructions per element than tl.erf / tl.exp / `/`
-(offline sm_90 SASS, bf16 kernels); fp64 uses libdevice's erf and exact division.
+erfc fit (Numerical Recipes 6.2) evaluated in base 2 with its constants folded in
+(_normal_tail): within rtol 3e-5 of exact values over [-30, 30] (tests), fewer
+instructions per element than tl.erf / tl.exp / `/` (offline sm_90 SASS, bf16 kernels);
+fp64 uses libdevice's erf and exact division.
 
 Backward: saves the seed, plus x and bias when an activation is set (act'(x + bias));
 with activation None nothing of x's size. One kernel writes grad_x = grad_out * m *
@@ -77,6 +78,12 @@ MASK_NONE, MASK_ALIGNED, MASK_PER_ROW, MASK_UNALIGNED, MASK_FROM_PTR = range(5)
 # Tile size (elements) on CPU, i.e. in Triton's interpreter: few, large programs.
 # Tests lower it to exercise multi-tile loops.
 CPU_TILE_ELEMENTS = 16384
+# Numerical Recipes' erfc fit (6.2): erfc(a) = t * exp(P(t) - a*a), P's coefficients from t**0
+# up; TAIL_FIT = log2(e) * P - 1, the polynomial the fp32 kernels evaluate (literals in
+# _normal_tail; tests recompute them from these).
+NR_ERFC_FIT = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
+               1.48851587, -0.82215223, 0.17087277)
+TAIL_FIT = tuple(c * math.log2(math.e) - (i == 0) for i, c in enumerate(NR_ERFC_FIT))
 
 if stream.HAS_TRITON:
     import triton
@@ -111,25 +118,27 @@ if stream.HAS_TRITON:
         return q
 
     @triton.jit
-    def _erfc(x, INTERPRETER: tl.constexpr):
-        """erfc(x) for fp32 with a fractional error of about 1.2e-7 (the Chebyshev fit of
-        Numerical Recipes, 6.2) plus the fast exp / division: fewer instructions than
-        libdevice's erff, and as an erfc no cancellation in gelu's negative tail."""
-        a = tl.abs(x)
-        t = _div(tl.full(a.shape, 1.0, a.dtype), 1.0 + 0.5 * a, INTERPRETER)
-        poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-            -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-                -0.82215223 + t * 0.17087277))))))))
-        r = t * _exp(poly - a * a, INTERPRETER)
-        return tl.where(x >= 0, r, 2.0 - r)
+    def _normal_tail(z, INTERPRETER: tl.constexpr):
+        """Phi(-|z|) = erfc(|z| / sqrt 2) / 2 in fp32, by the Chebyshev fit of Numerical Recipes
+        (6.2; fractional error ~1.2e-7): erfc(a) = t * exp(P(t) - a*a), t = 1 / (1 + a/2).
+        Written as t * 2**(Q(t) - z*z * log2(e)/2) with Q = log2(e) * P - 1 (NR_ERFC_FIT,
+        TAIL_FIT): the base-2 exponential is one ex2.approx, and log2(e), 1/sqrt 2 and the
+        factor 1/2 cost no multiplies. An erfc: no cancellation in gelu's negative tail."""
+        t = _div(tl.full(z.shape, 1.0, z.dtype), 1.0 + 0.35355339059327373 * tl.abs(z), INTERPRETER)
+        q = -2.825748218405333 + t * (1.4427292039075317 + t * (0.5397006155284324 + t * (
+            0.1396300565225048 + t * (-0.2687568603388257 + t * (0.40232158165127635 + t * (
+                -1.637753152343414 + t * (2.147474463933521 + t * (
+                    -1.1861149450768025 + t * 0.24651729790196045))))))))
+        return t * tl.exp2(q - 0.7213475204444817 * (z * z))
 
     @triton.jit
     def _normal_cdf(z, INTERPRETER: tl.constexpr):
-        """Phi(z) = erfc(-z / sqrt 2) / 2: libdevice's erf in fp64, _erfc in fp32."""
+        """Phi(z): libdevice's erf in fp64, _normal_tail in fp32."""
         if z.dtype == tl.float64:
             cdf = 0.5 * (1.0 + tl.erf(z * _const(z, 0.7071067811865476)))
         else:
-            cdf = 0.5 * _erfc(-z * 0.7071067811865476, INTERPRETER)
+            tail = _normal_tail(z, INTERPRETER)
+            cdf = tl.where(z <= 0, tail, 1.0 - tail)
         return cdf
 
     @triton.jit
@@ -159,7 +168,10 @@ if stream.HAS_TRITON:
         if ACT == 1:
             gz = tl.where(z > 0, g, 0.0)
         elif ACT == 2:
-            pdf = _exp(-0.5 * z * z, INTERPRETER) * _const(z, 0.3989422804014327)
+            if z.dtype == tl.float64:
+                pdf = _exp(-0.5 * z * z, INTERPRETER) * _const(z, 0.3989422804014327)
+            else:  # 2**(log2(1/sqrt(2 pi)) - z*z * log2(e)/2): one ex2, no multiplies
+                pdf = tl.exp2(-1.3257480647361592 - 0.7213475204444817 * (z * z))
             gz = g * (_normal_cdf(z, INTERPRETER) + z * pdf)
         elif ACT == 3:
             k = _const(z, 0.7978845608028654)
