@@ -37,6 +37,7 @@ fi
 if [[ " $parts " == *" ab "* ]]; then
   for reg in define_op custom_op define_op custom_op; do
     echo "== SEEDDROP_OP_REGISTRATION=$reg"
+    SEEDDROP_OP_REGISTRATION=$reg python benchmarks/registration_ab.py 2>&1 | tail -n 1
     SEEDDROP_OP_REGISTRATION=$reg python benchmarks/bench_overhead.py --out "$RESULTS/ab_$reg" 2>&1 | tail -n 2
     SEEDDROP_OP_REGISTRATION=$reg python benchmarks/bench_gpt2.py --out "$RESULTS/ab_$reg" --steps 10 --no-eager \
       --variants nn.Dropout seeddrop.Dropout 2>&1 | tail -n 2
