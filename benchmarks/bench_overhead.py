@@ -21,17 +21,18 @@ def min_per_call_us(fns, n=3000, rounds=5):
     """us per call of each fn, the best of `rounds` batches of n calls, the fns taking turns
     within each round (the host's clock and load drift between runs: interleaving keeps
     the comparison fair)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns:
         for _ in range(100):
             fn()
-    torch.cuda.synchronize()
+    sync()
     best = [float("inf")] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
-            torch.cuda.synchronize()
+            sync()
             best[i] = min(best[i], (time.perf_counter() - t0) / n * 1e6)
     return best
 

@@ -13,17 +13,7 @@ import seeddrop
 from seeddrop import _library
 from seeddrop.ops import dropout as dropout_ops
 
-
-def best_us(fn, n=20000, rounds=5):
-    for _ in range(300):
-        fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n * 1e6)
-    return best
+from bench_overhead import min_per_call_us  # this folder: run as python benchmarks/registration_ab.py
 
 
 def main():
@@ -34,9 +24,10 @@ def main():
     compiled = torch.compile(lambda t: seeddrop.dropout(t, 0.1), fullgraph=True)
     op = torch.ops.seeddrop.dropout.default
     seed = torch.tensor(3, device=device)
-    print(f"{_library.REGISTRATION} on {device}: compiled call, no grad {best_us(lambda: compiled(x)):.1f} us; "
-          f"compiled fwd+bwd {best_us(lambda: compiled(xr).sum().backward(), n=5000):.1f} us; "
-          f"op call, no grad {best_us(lambda: op(x, seed, 0, 0.1, [], False)):.1f} us")
+    no_grad, fwd_bwd, op_call = min_per_call_us(
+        [lambda: compiled(x), lambda: compiled(xr).sum().backward(), lambda: op(x, seed, 0, 0.1, [], False)])
+    print(f"{_library.REGISTRATION} on {device}: compiled call, no grad {no_grad:.1f} us; "
+          f"compiled fwd+bwd {fwd_bwd:.1f} us; op call, no grad {op_call:.1f} us")
 
 
 if __name__ == "__main__":
