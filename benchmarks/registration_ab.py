@@ -5,8 +5,6 @@ Run once per registration, alternating:
 for r in define_op custom_op define_op custom_op; do
     SEEDDROP_OP_REGISTRATION=$r python benchmarks/registration_ab.py; done
 """
-import time
-
 import torch
 
 import seeddrop
