@@ -512,7 +512,8 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
         x = bias = None  # act'(z) = 1: x + bias is not read
     key = (shape, grad.dtype, None if x is None else x.dtype, grad_x.dtype, None if bias is None else bias.dtype,
            cfg.act, reduce_bias, plan.mode, seed_t is not None, _i32(seed_v), col_stride, plan.flat,
-           plan.block_r, plan.block_g, grad.device)
+           plan.block_r, plan.block_g, grad.device,
+           plan.tiles_per_program == 1, plan.tiles_per_program % 16 == 0)  # Triton specializes on these
     args = (grad, x, bias, grad_x, partial, seed_t, seed_v, mask, row_off, col_stride,
             plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, *scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
