@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import os
@@ -198,6 +199,7 @@ def seed_as_tensor(seed: Seed, device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # scale
 # --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)  # sparse_jl asks for its scale's halves on every call
 def float64_halves(value: float) -> tuple:
     """(hi, lo): the 64 bits of the float64 `value` as two signed 32-bit ints, hi the upper
     word (stream.float64_from_halves rebuilds it in a kernel). Two int32 arguments give
