@@ -4,7 +4,8 @@ python benchmarks/bench_sparse_jl.py --out DIR [--quick] [--smoke]
 Cases: x [B, 49152] bf16 -> k = 1024 and x [B, 4096] bf16 -> k = 256, B in 1, 64, 4096, 8192.
 Per case: correctness first (against (a) and a float32 reference), then median times
 (triton.testing.do_bench) of
-  ours       sparse_jl(x, k, seed) with the default config, plus 2-3 config variants;
+  ours       sparse_jl(x, k, seed) with the default plan, plus config variants of both kernels
+             (dense tiles for tl.dot; the nonzero-walking gather for B <= 64);
   (a) dense  x @ R.T with R = jl_matrix(..., bf16) materialized (cuBLAS);
   (b) CSR    torch.sparse.mm(S_csr, x.T) with S materialized as CSR (bf16, else fp32);
   backward   grad @ S (ours) vs grad @ R (cuBLAS);
@@ -51,21 +52,35 @@ def _rel_diff(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def variants(batch: int, k: int, d: int, dtype: torch.dtype, device) -> list:
-    """The default config first, then alternatives worth measuring for this batch size."""
+    """(label, plan) pairs, the default first: JLConfig (dense tiles) or GatherPlan."""
     C = J.JLConfig
     default = J.default_config(batch, k, d, dtype, device)
     if batch <= 64:
         bm = default.block_m
-        alts = [C(bm, 64, 128, 4, 3, swap=True), C(bm, 128, 64, 4, 3), C(bm, 64, 128, 8, 3)]
+        plans = [C(bm, 64, 128, 4, 3, swap=True), C(bm, 128, 64, 4, 3), C(bm, 64, 128, 8, 3)]
+        gp = lambda bj, bg, warps: J.gather_plan(batch, k, d, device, bj, bg)._replace(num_warps=warps)  # noqa: E731
+        plans += [gp(16, 16, 4), gp(32, 16, 4), gp(16, 32, 4), gp(8, 32, 2), gp(64, 8, 4)]
     else:
-        alts = [C(128, 128, 64, 8, 3), C(128, 256, 64, 8, 3), C(256, 128, 64, 8, 4)]
-    return [default] + [c for c in alts if c != default]
+        plans = [C(128, 128, 64, 8, 3), C(128, 256, 64, 8, 3), C(256, 128, 64, 8, 4)]
+    if batch <= J.GATHER_MAX_ROWS:
+        default = J.gather_plan(batch, k, d, device)
+    out = [default] + [c for c in plans if c != default]
+    return [(("gather " if isinstance(c, J.GatherPlan) else "") + str(tuple(c)[:6]), c) for c in out]
+
+
+def _run_plan(x, out, params, seed, plan):
+    if isinstance(plan, J.GatherPlan):
+        return J.launch_gather(x, out, params, J.Seed(seed, 0), plan)
+    return J.launch_project(x, out, params, J.Seed(seed, 0), True, plan)
 
 
 def memory_of_one_call(x, k, seed) -> dict:
     """Device memory of one sparse_jl call: peak - before must be the output + split partials."""
     batch, d = x.shape
-    _, splits = J.split_plan(batch, k, d, J.default_config(batch, k, d, x.dtype, x.device), x.device)
+    if batch <= J.GATHER_MAX_ROWS:
+        splits = J.gather_plan(batch, k, d, x.device).splits
+    else:
+        _, splits = J.split_plan(batch, k, d, J.default_config(batch, k, d, x.dtype, x.device), x.device)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -133,18 +148,19 @@ def run_case(batch: int, d: int, k: int, quick: bool, dev: torch.device) -> dict
     # config variants, the default first
     out = torch.empty(batch, k, device=dev, dtype=dtype)
     best = None
-    for i, cfg in enumerate(variants(batch, k, d, dtype, dev)[: 2 if quick else None]):
-        run = lambda: J.launch_project(x, out, params, J.Seed(seed, 0), True, cfg)  # noqa: E731
+    for i, (label, plan) in enumerate(variants(batch, k, d, dtype, dev)[: 2 if quick else None]):
+        run = lambda: _run_plan(x, out, params, seed, plan)  # noqa: E731
         try:
+            out.fill_(float("nan"))
             run()
             ok = _rel_diff(out, y_a) <= 2.0 ** -6
             t = ms(run)
         except Exception as e:  # e.g. a config that needs more shared memory than the GPU has
-            res[f"variant{i}"] = f"{tuple(cfg)[:6]}: failed ({type(e).__name__})"
+            res[f"variant{i}"] = f"{label}: failed ({type(e).__name__})"
             continue
-        res[f"variant{i}"] = f"{tuple(cfg)[:6]}: {t:.4f} ms" + ("" if ok else " WRONG")
+        res[f"variant{i}"] = f"{label}: {t:.4f} ms" + ("" if ok else " WRONG")
         if ok and (best is None or t < best[0]):
-            best = (t, tuple(cfg)[:6])
+            best = (t, label)
     res["best_ms"], res["best_config"] = best if best else (float("nan"), "-")
     return res
 
@@ -188,7 +204,8 @@ def main():
     with open(os.path.join(args.out, "sparse_jl.md"), "w") as f:
         f.write(f"Device: {device}, torch {torch.__version__}\n\n{table}\n\n")
         f.write("S bytes = peak - before - output - split partials of one call (torch.cuda memory stats); "
-                "config tuple = (block_m, block_n, block_r, num_warps, num_stages, swap).\n\n")
+                "config tuple = (block_m, block_n, block_r, num_warps, num_stages, swap); "
+                "gather tuple = (block_j, block_g, cells_per_split, splits, num_warps).\n\n")
         for r in rows:
             f.write(f"- {r['shape']}: " + "; ".join(str(r[key]) for key in r if key.startswith("variant")) + "\n")
     print(table)

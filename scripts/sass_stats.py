@@ -3,6 +3,7 @@ and nvdisasm) and print SASS instruction counts, to compare kernel variants offl
 
 python scripts/sass_stats.py dropout_add_fwd --act 2 --dtype bf16
 python scripts/sass_stats.py jl_matmul --dtype bf16
+python scripts/sass_stats.py jl_gather --dtype bf16
 """
 import argparse
 import collections
@@ -74,11 +75,11 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=
 
 
 def jl_matmul(dtype, block_m=16, block_n=64, block_r=128, num_warps=4, num_stages=3):
-    """sparse_jl's forward kernel (split partials, the B = 1 config by default)."""
+    """sparse_jl's dense-tile forward kernel (split partials, the B <= 64 config by default)."""
     from seeddrop.ops import sparse_jl as sj
     sig = {"a_ptr": "*" + dtype, "out_ptr": "*fp64" if dtype == "fp64" else "*fp32", "seed_ptr": "*i64",
-           "seed_value": "i64", "M": "i32", "N": "i32", "R": "i32", "r_per_split": "i32", "a_sm": "i32",
-           "a_sr": "i32", "o_ss": "i32", "o_sm": "i32", "o_sn": "i32", "threshold": "i32", "scale_hi": "i32",
+           "seed_value": "i64", "table_ptr": "*i64", "M": "i32", "N": "i32", "R": "i32", "r_per_split": "i32",
+           "a_sm": "i32", "a_sr": "i32", "o_ss": "i32", "o_sm": "i32", "o_sn": "i32", "scale_hi": "i32",
            "scale_lo": "i32"}
     dot_mode = {"fp32": 2, "fp64": 1}.get(dtype, 0)
     const = {"FORWARD": True, "SWAP": False, "PARTIAL": True, "SEED_FROM_PTR": False, "DOT_MODE": dot_mode,
@@ -89,9 +90,23 @@ def jl_matmul(dtype, block_m=16, block_n=64, block_r=128, num_warps=4, num_stage
                         aligned=("a_ptr", "out_ptr", "R", "a_sm"), num_stages=num_stages)
 
 
+def jl_gather(dtype, block_j=16, block_g=16, block_m=1, num_warps=4):
+    """sparse_jl's nonzero-walking forward kernel (split partials, B = 1 by default)."""
+    from seeddrop.ops import sparse_jl as sj
+    sig = {"a_ptr": "*" + dtype, "out_ptr": "*fp64" if dtype == "fp64" else "*fp32", "seed_ptr": "*i64",
+           "seed_value": "i64", "table_ptr": "*i64", "M": "i32", "N": "i32", "R": "i32",
+           "cells_per_split": "i32", "a_sm": "i32", "a_sr": "i32", "o_ss": "i32", "scale_hi": "i32",
+           "scale_lo": "i32"}
+    const = {"PARTIAL": True, "SEED_FROM_PTR": False, "SOFTWARE_BF16": False,
+             "BLOCK_J": block_j, "BLOCK_G": block_g, "BLOCK_M": block_m}
+    for k in const:
+        sig[k] = "constexpr"
+    return compile_sass(sj._jl_gather_kernel, sig, const, num_warps=num_warps, aligned=("a_ptr", "out_ptr", "R"))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("kernel", choices=["dropout_add_fwd", "dropout_add_bwd", "jl_matmul"])
+    ap.add_argument("kernel", choices=["dropout_add_fwd", "dropout_add_bwd", "jl_matmul", "jl_gather"])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     ap.add_argument("--act", type=int, default=2, help="activation code: 0 none, 1 relu, 2 gelu, 3 gelu_tanh, 4 silu")
     ap.add_argument("--fusion", action="store_true", help="forward: compile with fp fusion")
@@ -100,6 +115,8 @@ if __name__ == "__main__":
         _, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
     elif a.kernel == "jl_matmul":
         _, sass = jl_matmul(a.dtype)
+    elif a.kernel == "jl_gather":
+        _, sass = jl_gather(a.dtype)
     else:
         _, sass = dropout_add_bwd(a.dtype, a.act)
     st = stats(sass)

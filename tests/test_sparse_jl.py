@@ -1,10 +1,10 @@
 """seeddrop.sparse_jl / jl_matrix / SparseJL (src/seeddrop/ops/sparse_jl.py, issue 5): the
 seeded very sparse Johnson-Lindenstrauss projection generated inside the kernel.
 
-S's stream is checked against the independent spec v1 reference in conftest.py
-(np_draws): entry (j, c) takes the draw at index j * 2**32 + c, is nonzero iff u < T with
-T = 2 * max(1, floor(density * 32768 + 1/2)), negative iff u is odd, magnitude
-sqrt(65536 / (T * k)) (docs/sparse_jl.md).
+S's stream is checked against tests/jl_spec.py, an independent NumPy implementation of
+projection spec v2 written from docs/sparse_jl.md alone: each 64-column cell gets a
+Binomial(64, rho) count from an exact integer table, Floyd's algorithm places the nonzeros,
+64 sign bits give their signs, magnitude sqrt(1 / (rho * k)).
 
 Tolerances against the float64 truth ref = x @ S.T (S from jl_matrix in float64), with
 A = |x| @ |S|.T: fp32 accumulation |y - ref| <= (d + 10) * 2**-24 * A (the rounding bound
@@ -25,7 +25,8 @@ from seeddrop import SparseJL, jl_matrix, sparse_jl
 from seeddrop._common import Seed
 from seeddrop.ops import sparse_jl as J
 
-from conftest import DTYPES, assert_bitwise_equal, binomial_bound, needs_interpreter, np_draws
+from conftest import DTYPES, assert_bitwise_equal, binomial_bound, needs_interpreter
+from jl_spec import binomial_table, np_jl_matrix
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,18 +37,9 @@ _UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.fl
 # ---------------------------------------------------------------------------
 # independent reference of S, written from the spec
 # ---------------------------------------------------------------------------
-def spec_threshold(density: float) -> int:
-    return 2 * max(1, math.floor(Fraction(density) * 32768 + Fraction(1, 2)))
-
-
 def spec_matrix(k: int, d: int, seed: int, density=None) -> np.ndarray:
-    """S (float64) from np_draws: index j * 2**32 + c, nonzero iff u < T, sign from u's low bit."""
-    density = 1 / math.sqrt(d) if density is None else density
-    t = spec_threshold(density)
-    scale = math.sqrt(1.0 / ((t / 65536) * k))
-    index = (np.arange(k, dtype=np.uint64)[:, None] << np.uint64(32)) + np.arange(d, dtype=np.uint64)[None, :]
-    u = np_draws(seed, index)
-    return np.where(u < t, np.where(u % 2 == 1, -scale, scale), 0.0)
+    """S (float64) from the independent spec v2 implementation (tests/jl_spec.py)."""
+    return np_jl_matrix(seed, k, d, 1 / math.sqrt(d) if density is None else density)
 
 
 def error_bound(x: torch.Tensor, s64: torch.Tensor, dtype: torch.dtype):
@@ -73,7 +65,8 @@ def assert_within(y: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, msg="
 # the stream
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, -1, 2**64 - 1, 123456789012345, -(2**63)])
-@pytest.mark.parametrize("k, d, density", [(12, 45, None), (9, 64, 0.3), (3, 17, 1.0), (10, 33, 1e-9)])
+@pytest.mark.parametrize("k, d, density", [(12, 45, None), (9, 64, 0.3), (3, 17, 1.0), (10, 33, 1e-9),
+                                            (6, 200, 0.7), (5, 130, 0.5 + 2**-40)])
 def test_matrix_matches_spec(seed, k, d, density):
     expected = torch.from_numpy(spec_matrix(k, d, seed, density))
     got = jl_matrix(k, d, seed, density=density, dtype=torch.float64)
@@ -86,13 +79,40 @@ def test_matrix_matches_spec(seed, k, d, density):
 
 def test_params_and_sklearn_convention():
     p = J.jl_params(1024, 49152)
-    assert p.threshold == spec_threshold(1 / math.sqrt(49152)) == 296
-    assert p.density == 148 / 32768
+    assert p.density == 1 / math.sqrt(49152)  # used as given: no resolution steps
     # scikit-learn SparseRandomProjection: +-sqrt(1 / density) / sqrt(n_components)
     assert math.isclose(p.scale, math.sqrt(1 / p.density) / math.sqrt(1024), rel_tol=1e-15)
-    assert J.jl_params(7, 10, 1.0).threshold == 65536
-    assert J.jl_params(7, 10, 1e-12).density == 1 / 32768  # clamped to one step
-    assert J.jl_params(7, 10, 0.25).density == 0.25
+    assert J.jl_params(7, 10, 1e-12).density == 1e-12
+    assert J.jl_params(7, 10, 0.25).scale == math.sqrt(1 / (0.25 * 7))
+
+
+@pytest.mark.parametrize("density", [1 / math.sqrt(49152), 1 / 64, 0.3, 0.5, 0.7, 1.0, 1e-9])
+def test_count_table_is_the_exact_binomial_cdf(density):
+    """stream.count_table against the independent table and against the Binomial(64, rho)
+    probabilities it must encode: each count's probability 2**-32 * (C[n+1] - C[n]) is
+    within 2**-32 of the exact one."""
+    table = J.stream.count_table(density)
+    assert list(table[1:65]) == binomial_table(density)
+    assert table[0] == 0 and set(table[65:]) == {2**32} and len(table) == 128
+    rho = Fraction(density)
+    for n in range(65):
+        exact = math.comb(64, n) * rho**n * (1 - rho) ** (64 - n)
+        assert abs(Fraction(table[n + 1] - table[n], 2**32) - exact) <= Fraction(1, 2**32)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.7])
+def test_positions_are_uniform_within_cells(density):
+    """Floyd's algorithm (and its complement for rho > 1/2) puts nonzeros at every position of
+    a cell equally often, and the count per cell follows Binomial(64, rho) (6 sigma)."""
+    k, d = 512, 1024  # 8192 cells
+    nonzero = jl_matrix(k, d, 4321, density=density, dtype=torch.float64) != 0
+    per_position = nonzero.reshape(-1, 64).sum(0)
+    cells = k * d // 64
+    assert bool(((per_position - cells * density).abs() <= binomial_bound(cells, density)).all())
+    counts = nonzero.reshape(-1, 64).sum(1)
+    for n in (0, 1, 2, 3, 32, 44, 45, 46, 64):
+        p_n = math.comb(64, n) * density**n * (1 - density) ** (64 - n)
+        assert abs(int((counts == n).sum()) - cells * p_n) <= binomial_bound(cells, p_n) + 1e-9
 
 
 def test_matrix_statistics():
@@ -254,16 +274,26 @@ def test_kernels_match_reference(dtype):
     params = J.jl_params(40, 136, 0.2)
     value_seed, tensor_seed = Seed(None, -5), Seed(torch.tensor(2**62 + 3), 0)
     a_fwd, a_bwd = torch.randn(21, 136).to(dtype), torch.randn(21, 40).to(dtype)
-    cases = [(None, value_seed), (J.JLConfig(16, 32, 32, split=3), tensor_seed),
-             (J.JLConfig(32, 32, 64, swap=True, split=2), value_seed), (J.JLConfig(16, 64, 32, swap=True), tensor_seed)]
+    cases = [(None, value_seed), (J.JLConfig(16, 64, 64, split=3), tensor_seed),
+             (J.JLConfig(32, 64, 64, swap=True, split=2), value_seed), (J.JLConfig(16, 64, 128, swap=True), tensor_seed)]
+    atol = 1e-12 if dtype == torch.float64 else 1e-5
     for forward, a in ((True, a_fwd), (False, a_bwd)):
         for cfg, seed in cases:
             ref = J.project_reference(a, params, seed, forward)
             out = torch.full(ref.shape, float("nan"), dtype=dtype)
             J.launch_project(a, out, params, seed, forward, cfg)
-            atol = 1e-12 if dtype == torch.float64 else 1e-5
             torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol,
                                        msg=f"forward={forward} {cfg}")
+    # the nonzero-walking forward: row blocks with tails, several cells per step, splits
+    for m, (block_j, block_g, splits), seed in ((1, (16, 1, 3), value_seed), (5, (32, 2, 1), tensor_seed),
+                                               (21, (8, 4, 2), value_seed)):
+        ref = J.project_reference(a_fwd[:m], params, seed, True)
+        out = torch.full(ref.shape, float("nan"), dtype=dtype)
+        plan = J.gather_plan(m, 40, 136, a_fwd.device, block_j, block_g, splits)
+        J.launch_gather(a_fwd[:m], out, params, seed, plan)
+        torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol, msg=f"gather m={m} {plan}")
+    with pytest.raises(ValueError, match="multiple of 64"):
+        J.launch_project(a_fwd, torch.empty(21, 40, dtype=dtype), params, value_seed, True, J.JLConfig(16, 64, 32))
 
 
 @needs_interpreter
@@ -360,12 +390,12 @@ def test_errors():
 
 
 # ---------------------------------------------------------------------------
-# CUDA (run by the lead on the H100)
+# CUDA (run through the device tool)
 # ---------------------------------------------------------------------------
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [1, 64, 300, 2048])
+@pytest.mark.parametrize("m", [1, 7, 64, 300, 2048])
 def test_cuda_matches_reference(dtype, m):
     torch.manual_seed(8)
     k, d = 256, 4096 + 24
@@ -384,9 +414,19 @@ def test_cuda_matches_reference(dtype, m):
 
 @cuda
 @pytest.mark.cuda
-def test_cuda_s_takes_no_memory():
+@pytest.mark.parametrize("density", [None, 0.3, 0.7, 1.0])
+def test_cuda_matrix_matches_spec(density):
+    k, d, seed = 96, 1000, -77
+    expected = torch.from_numpy(spec_matrix(k, d, seed, density))
+    assert_bitwise_equal(jl_matrix(k, d, seed, density=density, dtype=torch.float64, device="cuda").cpu(), expected)
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("batch", [1, 64])
+def test_cuda_s_takes_no_memory(batch):
     k, d = 1024, 49152  # S in bf16 would take 100 MB
-    x = torch.randn(64, d, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(batch, d, device="cuda", dtype=torch.bfloat16)
     seed = torch.tensor(1, device="cuda")
     sparse_jl(x, k, seed)  # compile
     torch.cuda.synchronize()

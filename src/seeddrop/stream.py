@@ -17,10 +17,16 @@ shapes: ``lane_bits`` selects one lane per element (``keep_at_index``, arbitrary
 indices) and ``group_draws_tile`` places all 8 lanes of a group with joins (whole
 groups, one thread per Philox call); tests/test_stream.py checks both against the
 reference.
+
+The projection stream of sparse_jl (projection spec v2, docs/sparse_jl.md) lives here too:
+``count_table`` (host), ``cell_masks_tile`` (Triton) and ``cell_masks`` (PyTorch) give each
+64-column cell of S its nonzero mask and sign word from the same Philox.
 """
 from __future__ import annotations
 
+import functools
 import math
+from fractions import Fraction
 
 import torch
 
@@ -43,6 +49,26 @@ def threshold(p: float) -> int:
     scaled = p * 65536.0  # exact: a power-of-two scaling
     whole = math.floor(scaled)
     return int(whole) + (scaled - whole >= 0.5)  # exact, unlike floor(scaled + 0.5) in floats
+
+
+CELL = 64  # columns of S per projection cell (one 64-bit mask)
+CELL_SHIFT = 30  # cell (j, g), call m: Philox counter (j << CELL_SHIFT) + (g << CALL_BITS) + m
+CALL_BITS = 4
+COUNT_TABLE_SIZE = 128  # count_table's length: a 7-step binary search never reads past it
+
+
+@functools.lru_cache(maxsize=64)
+def count_table(rho: float) -> tuple:
+    """Thresholds of a cell's nonzero count (projection spec v2): entry t (1 <= t <= 64) is
+    C[t] = floor(2**32 * F(t - 1) + 1/2), F the CDF of Binomial(64, rho) in exact rational
+    arithmetic; entry 0 is 0 and entries 65 .. 127 are 2**32 (no 32-bit word reaches them).
+    The count of a cell is the largest t with C[t] <= w0."""
+    p = Fraction(rho)
+    cdf, table = Fraction(0), [0]
+    for t in range(1, CELL + 1):
+        cdf += math.comb(CELL, t - 1) * p ** (t - 1) * (1 - p) ** (CELL - t + 1)
+        table.append(math.floor(cdf * (1 << 32) + Fraction(1, 2)))
+    return tuple(table + [1 << 32] * (COUNT_TABLE_SIZE - len(table)))
 
 
 def seed_to_int64(seed: int) -> int:
@@ -137,6 +163,38 @@ if HAS_TRITON:
         halves = tl.join(words & 0xFFFF, words >> 16)  # [.., x, y, h]: lane 4x + 2y + h
         return tl.reshape(halves, [group.shape[0], group.shape[1], 8]).to(tl.int32)
 
+    @triton.jit
+    def cell_masks_tile(seed, cell, table_ptr):
+        """Projection spec v2 for a tile of cells: cell = int64 counters (j << 30) + (g << 4)
+        of call 0, any shape; table_ptr: count_table as int64 (128 entries). Returns
+        (mask, sigma, count): uint64 nonzero mask (bit b: column 64 g + b), uint64 sign word
+        (bit b set: negative) and int32 count (= popcount(mask))."""
+        w0, w1, w2, w3 = philox_words(seed, cell)
+        count = tl.zeros(cell.shape, tl.int32)
+        for step in tl.static_range(6, -1, -1):  # largest t with C[t] <= w0
+            probe = count + (1 << step)
+            count = tl.where(tl.load(table_ptr + probe) <= w0.to(tl.int64), probe, count)
+        draws = tl.minimum(count, 64 - count)  # Floyd's algorithm picks the smaller side
+        chosen = tl.zeros(cell.shape, tl.uint64)
+        d0, d1, d2, d3 = w3, w3, w3, w3  # draw 0 is call 0's w3, then 4 per call
+        s = 0
+        last = tl.max(draws)
+        while s < last:
+            if s % 4 == 1:
+                d0, d1, d2, d3 = philox_words(seed, cell + (1 + (s - 1) // 4))
+            word = (s + 3) % 4
+            draw = tl.where(word < 2, tl.where(word == 0, d0, d1), tl.where(word == 2, d2, d3))
+            i = 64 - draws + s
+            t = (draw.to(tl.uint64) * (i + 1).to(tl.uint64)) >> 32
+            bit_t = tl.full(cell.shape, 1, tl.uint64) << t
+            bit_i = tl.full(cell.shape, 1, tl.uint64) << (i & 63).to(tl.uint64)
+            add = tl.where((chosen & bit_t) != 0, bit_i, bit_t)
+            chosen = tl.where(s < draws, chosen | add, chosen)
+            s += 1
+        mask = tl.where(count > 32, chosen ^ 0xFFFFFFFFFFFFFFFF, chosen)
+        sigma = (w2.to(tl.uint64) << 32) | w1.to(tl.uint64)
+        return mask, sigma, count
+
 
 # --------------------------------------------------------------------------
 # PyTorch (int64 tensors emulate uint32 arithmetic; no overflowing products)
@@ -212,3 +270,29 @@ def group_draws(seed: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Raw 16-bit draws (int64, 0..65535) of whole 8-element groups: shape
     broadcast(seed, group) + [8], [..., l] the draw u of element 8 * group + l."""
     return _lane_draws(group_words(seed, group))
+
+
+def cell_masks(seed: torch.Tensor, cell: torch.Tensor, table: tuple):
+    """Projection spec v2 in PyTorch: (mask, sigma) as int64 tensors holding the 64-bit
+    words (two's complement) of the cells with call-0 counters `cell` (int64, any shape;
+    seed broadcasts against it); table = count_table(rho)."""
+    def words(m):
+        return group_words(seed, cell + m).unbind(-1)
+
+    w0, w1, w2, w3 = words(0)
+    thresholds = torch.tensor(table[1:CELL + 1], dtype=torch.int64, device=cell.device)
+    count = torch.searchsorted(thresholds, w0.contiguous(), right=True)
+    draws = torch.minimum(count, CELL - count)
+    chosen = torch.zeros_like(count)
+    pending = [w3]
+    for s in range(int(draws.max()) if draws.numel() else 0):
+        if not pending:
+            pending = list(words(1 + (s - 1) // 4))
+        draw = pending.pop(0)
+        i = CELL - draws + s
+        active = s < draws
+        t = torch.where(active, (draw * (i + 1)) >> 32, 0)
+        add = torch.where((chosen >> t) & 1 == 1, 1 << i.clamp(max=CELL - 1), 1 << t)
+        chosen = torch.where(active, chosen | add, chosen)
+    mask = torch.where(count > CELL // 2, ~chosen, chosen)
+    return mask, (w2 << 32) | w1

@@ -2,17 +2,15 @@
 
 S (k x d) is the very sparse random projection of Li, Hastie and Church (2006) in
 scikit-learn's SparseRandomProjection convention. Entry (j, c) is a pure function of
-(seed, j, c), the threshold T and k (docs/sparse_jl.md):
+(seed, j, c), the density rho and k: projection spec v2 (docs/sparse_jl.md) gives each
+64-column cell (j, c // 64) a Binomial(64, rho) count, a uniformly random set of that
+many nonzero columns and 64 sign bits (stream.cell_masks[_tile]); scale = sqrt(1 / (rho * k)).
 
-* u = spec v1's 16-bit draw at logical index i = j * 2**32 + c under the seed
-  (Philox group q = j * 2**29 + (c >> 3), lane c & 7: stream.group_draws[_tile]);
-* S[j, c] = 0 if u >= T, else +scale for even u and -scale for odd u, where
-  T = 2 * max(1, floor(density * 32768 + 1/2)) (even, so the signs are exactly balanced),
-  the effective density is rho = T / 65536 and scale = sqrt(1 / (rho * k)).
-
-S never exists in device memory: the kernels regenerate tiles of sign(S) (+1 / -1 / 0,
-exact in every dtype) in registers and feed them to tl.dot; the scale multiplies the
-fp32 (fp64) accumulator once. Saved for backward: the seed only.
+S never exists in device memory. Two kernels regenerate it from the seed:
+_jl_matmul_kernel expands cells into dense tiles of sign(S) (+1 / -1 / 0, exact in every
+dtype) in registers and feeds them to tl.dot (both directions, any batch);
+_jl_gather_kernel walks each cell's nonzeros and gathers x there (forward, a few rows of x).
+The scale multiplies the fp32 (fp64) accumulator once. Saved for backward: the seed only.
 """
 from __future__ import annotations
 
@@ -38,25 +36,23 @@ from .._common import (
 )
 from .._library import define_op
 
-ROW_SHIFT = 32  # entry (j, c) has logical stream index (j << ROW_SHIFT) + c
-MAX_IN_FEATURES = 1 << ROW_SHIFT
+MAX_IN_FEATURES = 1 << 32  # cells g < 2**26 (stream.CELL_SHIFT)
 MAX_OUT_FEATURES = (1 << 31) - 1
-_DENSITY_STEPS = 32768  # density resolution: T / 2 = round(density * 32768)
+GATHER_MAX_ROWS = 8  # forward calls with at most this many rows of x walk S's nonzeros
 _REF_CHUNK = 1 << 21  # entries of S per chunk in the PyTorch reference
 
 
 class JLParams(NamedTuple):
-    """A validated projection: S is out_features x in_features; entry nonzero iff u < threshold."""
+    """A validated projection: S is out_features x in_features with density `density`."""
 
     out_features: int
     in_features: int
-    threshold: int  # even, in [2, 65536]
-    density: float  # effective density threshold / 65536
+    density: float  # rho, as given (float64)
     scale: float  # sqrt(1 / (density * out_features)), float64
 
 
 def jl_params(out_features, in_features, density=None) -> JLParams:
-    """Validate the projection's arguments and resolve density to the stream's threshold."""
+    """Validate the projection's arguments; density defaults to 1 / sqrt(in_features)."""
     for name, value, hi in (("out_features", out_features, MAX_OUT_FEATURES),
                             ("in_features", in_features, MAX_IN_FEATURES)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -71,10 +67,22 @@ def jl_params(out_features, in_features, density=None) -> JLParams:
     density = float(density)
     if not 0.0 < density <= 1.0:  # NaN fails too
         raise ValueError(f"density must lie in (0, 1], but got {density}")
-    steps = density * _DENSITY_STEPS  # exact (a power of two), so rounding half up is exact too
-    half = max(1, math.floor(steps) + (steps - math.floor(steps) >= 0.5))
-    rho = half / _DENSITY_STEPS
-    return JLParams(k, d, 2 * half, rho, math.sqrt(1.0 / (rho * k)))
+    return JLParams(k, d, density, math.sqrt(1.0 / (density * k)))
+
+
+_TABLES: dict = {}
+
+
+def count_table_tensor(density: float, device: torch.device) -> torch.Tensor:
+    """stream.count_table(density) as an int64 tensor on `device`, cached (a kernel argument:
+    built once per density and device, so CUDA-graph replays and compiled calls reuse it)."""
+    key = (density, device)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 256:
+            _TABLES.clear()
+        table = _TABLES[key] = torch.tensor(stream.count_table(density), dtype=torch.int64, device=device)
+    return table
 
 
 # --------------------------------------------------------------------------
@@ -84,9 +92,10 @@ if stream.HAS_TRITON:
     import triton
     import triton.language as tl
     # Stream helpers imported by bare name (see ops/dropout.py).
-    from ..stream import float64_from_halves, group_draws_tile, round_to
+    from ..stream import cell_masks_tile, float64_from_halves, round_to
 
-    _GROUP_ROW_SHIFT: tl.constexpr = tl.constexpr(ROW_SHIFT - 3)
+    _CELL_SHIFT: tl.constexpr = tl.constexpr(stream.CELL_SHIFT)
+    _CALL_BITS: tl.constexpr = tl.constexpr(stream.CALL_BITS)
 
     @triton.jit
     def _seed(seed_ptr, seed_value, SEED_FROM_PTR: tl.constexpr):
@@ -96,22 +105,30 @@ if stream.HAS_TRITON:
             return seed_value
 
     @triton.jit
-    def _sign_tile(seed, rows, col0, threshold, G: tl.constexpr, dtype: tl.constexpr):
-        """sign(S) as `dtype` (+1: u < threshold and u even, -1: u < threshold and u odd,
-        else 0; built from bits, exact in every dtype) at rows `rows` (int64 [R]) and the
-        8 * G columns col0 .. col0 + 8G - 1 (col0 % 8 == 0): [R, 8 * G], one Philox call
-        per 8 entries."""
-        groups = (rows[:, None] << _GROUP_ROW_SHIFT) + ((col0 >> 3) + tl.arange(0, G).to(tl.int64))[None, :]
-        u = tl.reshape(group_draws_tile(seed, groups), [rows.shape[0], 8 * G])
-        nonzero = u < threshold
-        odd = u & 1
+    def _cells(seed, rows, cells, table_ptr):
+        """(mask, sigma, count) [R, G] of the cells rows x cells (int64 [R], [G])."""
+        return cell_masks_tile(seed, (rows[:, None] << _CELL_SHIFT) + (cells[None, :] << _CALL_BITS), table_ptr)
+
+    @triton.jit
+    def _sign_tile(seed, rows, col0, table_ptr, G: tl.constexpr, dtype: tl.constexpr):
+        """sign(S) as `dtype` (+1 / -1 / 0, built from bits, exact in every dtype) at rows
+        `rows` (int64 [R]) and the 64 * G columns col0 .. col0 + 64G - 1 (col0 % 64 == 0):
+        [R, 64 * G], one cell (one or two Philox calls, usually) per 64 entries."""
+        mask, sigma, _ = _cells(seed, rows, (col0 >> 6) + tl.arange(0, G).to(tl.int64), table_ptr)
+        # 32-bit halves, then one bit per entry: [R, G, 2, 32] -> [R, 64 * G]
+        halves = tl.join(mask.to(tl.uint32), (mask >> 32).to(tl.uint32))
+        negative = tl.join((sigma & mask).to(tl.uint32), ((sigma & mask) >> 32).to(tl.uint32))
+        bit = tl.arange(0, 32).to(tl.uint32)[None, None, None, :]
+        nonzero = (halves[:, :, :, None] >> bit) & 1
+        sign = (negative[:, :, :, None] >> bit) & 1
+        nonzero = tl.reshape(nonzero, [rows.shape[0], 64 * G])
+        sign = tl.reshape(sign, [rows.shape[0], 64 * G])
         if dtype == tl.float16:
-            return tl.where(nonzero, 0x3C00 | (odd << 15), 0).to(tl.uint16).to(tl.float16, bitcast=True)
+            return (nonzero * 0x3C00 | (sign << 15)).to(tl.uint16).to(tl.float16, bitcast=True)
         elif dtype == tl.bfloat16:
-            return tl.where(nonzero, 0x3F80 | (odd << 15), 0).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            return (nonzero * 0x3F80 | (sign << 15)).to(tl.uint16).to(tl.bfloat16, bitcast=True)
         else:
-            signs = tl.where(nonzero, 0x3F800000 | (odd << 31), 0).to(tl.uint32).to(tl.float32, bitcast=True)
-            return signs.to(dtype)
+            return (nonzero * 0x3F800000 | (sign << 31)).to(tl.float32, bitcast=True).to(dtype)
 
     @triton.jit
     def _mma(lhs, rhs, acc, DATA_LEFT: tl.constexpr, DOT_MODE: tl.constexpr):
@@ -133,7 +150,7 @@ if stream.HAS_TRITON:
                 return tl.dot(lhs, rhs - hi, acc, input_precision="tf32")
 
     @triton.jit
-    def _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, r, M, R, seed, threshold,
+    def _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, r, M, R, seed, table_ptr,
               FORWARD: tl.constexpr, SWAP: tl.constexpr, DOT_MODE: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
         """acc += a[:, r:r+BLOCK_R] @ op(S)[r:r+BLOCK_R, n-block] (acc holds the transposed
@@ -148,13 +165,13 @@ if stream.HAS_TRITON:
                         mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
         SDT: tl.constexpr = a_ptr.dtype.element_ty if DOT_MODE == 0 else tl.float32
         if FORWARD:
-            s = _sign_tile(seed, offs_n, r, threshold, BLOCK_R // 8, SDT)  # [BLOCK_N, BLOCK_R]
+            s = _sign_tile(seed, offs_n, r, table_ptr, BLOCK_R // 64, SDT)  # [BLOCK_N, BLOCK_R]
             if SWAP:
                 return _mma(s, a, acc, False, DOT_MODE)
             else:
                 return _mma(a, tl.trans(s), acc, True, DOT_MODE)
         else:
-            s = _sign_tile(seed, offs_r, n0, threshold, BLOCK_N // 8, SDT)  # [BLOCK_R, BLOCK_N]
+            s = _sign_tile(seed, offs_r, n0, table_ptr, BLOCK_N // 64, SDT)  # [BLOCK_R, BLOCK_N]
             if SWAP:
                 return _mma(tl.trans(s), a, acc, False, DOT_MODE)
             else:
@@ -172,17 +189,19 @@ if stream.HAS_TRITON:
             tl.store(out_ptr + offset, round_to(acc * scale, out_ptr.dtype.element_ty, SOFTWARE_BF16),
                      mask=live)
 
-    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
+    @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_matmul_kernel(
-        a_ptr, out_ptr, seed_ptr, seed_value, M, N, R, r_per_split,
-        a_sm, a_sr, o_ss, o_sm, o_sn, threshold, scale_hi, scale_lo,
+        a_ptr, out_ptr, seed_ptr, seed_value, table_ptr, M, N, R, r_per_split,
+        a_sm, a_sr, o_ss, o_sm, o_sn, scale_hi, scale_lo,
         FORWARD: tl.constexpr, SWAP: tl.constexpr, PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
         DOT_MODE: tl.constexpr, USE_WHILE: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
         """out[m, n] = sum_r a[m, r] * op(S)[r, n] (times scale unless PARTIAL) for one
         [BLOCK_M, BLOCK_N] output tile and r in one split [split * r_per_split, + r_per_split).
-        FORWARD: op(S) = S.T (N = out_features, R = in_features); else op(S) = S."""
+        FORWARD: op(S) = S.T (N = out_features, R = in_features); else op(S) = S.
+        The dimension of S a tile spans along its columns (BLOCK_R forward, BLOCK_N
+        backward) is a multiple of 64, and so is r_per_split: tiles cover whole cells."""
         pid = tl.program_id(0).to(tl.int64)
         n_n = tl.cdiv(N, BLOCK_N)
         n_m = tl.cdiv(M, BLOCK_M)
@@ -200,12 +219,12 @@ if stream.HAS_TRITON:
         r_end = tl.minimum(r + r_per_split, R)
         if USE_WHILE:  # Triton's interpreter cannot range() over a runtime value
             while r < r_end:
-                acc = _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, r, M, R, seed, threshold,
+                acc = _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, r, M, R, seed, table_ptr,
                             FORWARD, SWAP, DOT_MODE, BLOCK_N, BLOCK_R)
                 r += BLOCK_R
         else:  # a for loop, which the compiler software-pipelines (num_stages)
             for rr in tl.range(r, r_end, BLOCK_R):
-                acc = _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, rr, M, R, seed, threshold,
+                acc = _step(acc, a_ptr, a_sm, a_sr, offs_m, offs_n, n0, rr, M, R, seed, table_ptr,
                             FORWARD, SWAP, DOT_MODE, BLOCK_N, BLOCK_R)
         if SWAP:
             offset = offs_n[:, None] * o_sn + offs_m[None, :] * o_sm
@@ -230,24 +249,65 @@ if stream.HAS_TRITON:
             s += 1
         _store(acc, out_ptr, offs, live, 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
-    @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
-    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value, K, D, o_sj, o_sc, threshold, scale_hi, scale_lo,
+    @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
+    def _jl_gather_kernel(
+        a_ptr, out_ptr, seed_ptr, seed_value, table_ptr, M, N, R, cells_per_split,
+        a_sm, a_sr, o_ss, scale_hi, scale_lo,
+        PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
+        BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        """out[m, j] = sum_c a[m, c] * S[j, c] for all M <= BLOCK_M rows of a, BLOCK_J rows
+        j of S and the cells of one split: walks each cell's nonzero bits (lowest first)
+        and loads a at those columns only. Forward only (out: contiguous [M, N])."""
+        pid = tl.program_id(0).to(tl.int64)
+        n_j = tl.cdiv(N, BLOCK_J)
+        rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
+        split = pid // n_j
+        offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+        seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
+        ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
+        acc = tl.zeros([BLOCK_J, BLOCK_G, BLOCK_M], ACC)
+        g = split * cells_per_split
+        g_end = tl.minimum(g + cells_per_split, tl.cdiv(R, 64))
+        while g < g_end:
+            cells = g + tl.arange(0, BLOCK_G).to(tl.int64)
+            mask, sigma, count = _cells(seed, rows, cells, table_ptr)
+            live = (rows[:, None] < N) & (cells[None, :] < g_end)
+            mask = tl.where(live, mask, 0)
+            left = tl.max(tl.where(live, count, 0))
+            while left > 0:
+                low = mask & (0 - mask)  # lowest set bit; its index from the float64 exponent
+                col = cells[None, :] * 64 + ((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023)
+                take = (mask != 0) & (col < R)
+                v = tl.load(a_ptr + col[:, :, None] * a_sr + offs_m[None, None, :] * a_sm,
+                            mask=take[:, :, None] & (offs_m < M)[None, None, :], other=0.0).to(ACC)
+                acc += tl.where(((sigma & low) != 0)[:, :, None], -v, v)
+                mask = mask & (mask - 1)
+                left -= 1
+            g += BLOCK_G
+        y = tl.sum(acc, axis=1)  # [BLOCK_J, BLOCK_M]
+        _store(y, out_ptr, offs_m[None, :] * N + rows[:, None], (rows[:, None] < N) & (offs_m[None, :] < M),
+               split, o_ss, scale_hi, scale_lo, PARTIAL, SOFTWARE_BF16)
+
+    @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
+    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value, table_ptr, K, D, o_sj, o_sc, scale_hi, scale_lo,
                           SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
                           BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr):
-        """out = S (sign * scale, rounded once to out's dtype), a [BLOCK_J, 8 * BLOCK_G] tile per program."""
+        """out = S (sign * scale, rounded once to out's dtype), a [BLOCK_J, 64 * BLOCK_G] tile per program."""
         pid = tl.program_id(0).to(tl.int64)
-        n_c = tl.cdiv(D, 8 * BLOCK_G)
+        n_c = tl.cdiv(D, 64 * BLOCK_G)
         rows = (pid // n_c) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
-        col0 = (pid % n_c) * (8 * BLOCK_G)
-        cols = col0 + tl.arange(0, 8 * BLOCK_G).to(tl.int64)
+        col0 = (pid % n_c) * (64 * BLOCK_G)
+        cols = col0 + tl.arange(0, 64 * BLOCK_G).to(tl.int64)
         CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
-        signs = _sign_tile(_seed(seed_ptr, seed_value, SEED_FROM_PTR), rows, col0, threshold, BLOCK_G, CDT)
+        signs = _sign_tile(_seed(seed_ptr, seed_value, SEED_FROM_PTR), rows, col0, table_ptr, BLOCK_G, CDT)
         _store(signs, out_ptr, rows[:, None] * o_sj + cols[None, :] * o_sc,
                (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
 
 class JLConfig(NamedTuple):
-    """Kernel tiling for out[M, N] = a[M, R] @ op(S) (block sizes >= 16, powers of 2).
+    """Kernel tiling for out[M, N] = a[M, R] @ op(S) (block sizes >= 16, powers of 2; the
+    block along S's columns, block_r forward and block_n backward, >= 64: whole cells).
     swap: compute out.T tiles, sign(S) being the left tl.dot operand.
     split: programs along R, summed by a second kernel (0: chosen from the SM count)."""
 
@@ -269,12 +329,12 @@ def default_config(M: int, N: int, R: int, dtype: torch.dtype, device: torch.dev
     small batches split the reduction to fill the GPU instead (docs/sparse_jl.md). All
     of these compile for sm_90 without register spills (ptxas)."""
     if device.type != "cuda":  # the interpreter: few, large programs
-        return JLConfig(_pow2(M, 16, 64), _pow2(N, 16, 128), _pow2(R, 16, 256), split=1)
+        return JLConfig(_pow2(M, 16, 64), _pow2(N, 64, 128), _pow2(R, 64, 256), split=1)
     small_m = _pow2(M, 16, 64)
     if dtype == torch.float64:
-        return JLConfig(small_m, 64, 32, num_warps=4, num_stages=2)
+        return JLConfig(small_m, 64, 64, num_warps=4, num_stages=2)
     if dtype == torch.float32:  # two TF32 products per tile
-        return JLConfig(small_m, 64, 64) if M <= 64 else JLConfig(128, 128, 32, num_warps=8)
+        return JLConfig(small_m, 64, 64) if M <= 64 else JLConfig(128, 128, 64, num_warps=8)
     if M <= 64:
         return JLConfig(small_m, 64, 128)
     if M <= 1024 or dtype == torch.float16:  # fp16 at block_m 256 spills
@@ -315,35 +375,91 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     N = out.shape[1]
     if M == 0:
         return out
+    if config is None and forward and M <= GATHER_MAX_ROWS:
+        return launch_gather(a, out, params, seed)
     cfg = config or default_config(M, N, R, a.dtype, a.device)
+    if (cfg.block_r if forward else cfg.block_n) % stream.CELL:
+        raise ValueError(f"the tile along S's columns must be a multiple of {stream.CELL}: {cfg}")
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
     r_per_split, splits = split_plan(M, N, R, cfg, a.device)
     part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
     on_gpu = a.is_cuda
     scale = float64_halves(params.scale)
     _jl_matmul_kernel[(tiles * splits,)](
-        a, out if part is None else part, seed.tensor, seed.value, M, N, R, r_per_split,
-        a.stride(0), a.stride(1), M * N, N, 1, params.threshold, *scale,
+        a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
+        M, N, R, r_per_split, a.stride(0), a.stride(1), M * N, N, 1, *scale,
         FORWARD=forward, SWAP=cfg.swap, PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None,
         DOT_MODE=_dot_mode(a.dtype, on_gpu), USE_WHILE=not on_gpu, SOFTWARE_BF16=not on_gpu,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    return _reduce_partials(part, out, splits, scale)
+
+
+def _reduce_partials(part, out, splits, scale):
     if part is not None:
-        block = 1024 if on_gpu else 16384
-        _jl_reduce_kernel[(triton.cdiv(M * N, block),)](part, out, splits, M * N, *scale,
-                                                        SOFTWARE_BF16=not on_gpu, BLOCK=block)
+        block = 1024 if out.is_cuda else 16384
+        _jl_reduce_kernel[(triton.cdiv(out.numel(), block),)](part, out, splits, out.numel(), *scale,
+                                                              SOFTWARE_BF16=not out.is_cuda, BLOCK=block)
     return out
+
+
+class GatherPlan(NamedTuple):
+    """_jl_gather_kernel's tiling: block_j rows of S x block_g cells per step, cells split
+    over `splits` programs per row block (fp32 / fp64 partials summed by _jl_reduce_kernel)."""
+
+    block_j: int
+    block_g: int
+    cells_per_split: int
+    splits: int
+    num_warps: int = 4
+
+
+def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
+                splits: int = 0) -> GatherPlan:
+    """About 4 programs per SM, each walking >= 2 steps of cells (or the given values)."""
+    cells = triton.cdiv(R, stream.CELL)
+    if device.type != "cuda":  # the interpreter: few, large programs
+        block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
+    else:
+        block_j, block_g = block_j or 16, block_g or 16
+        if not splits:
+            splits = max(1, min(triton.cdiv(4 * sm_count(device), triton.cdiv(N, block_j)),
+                                triton.cdiv(cells, 2 * block_g)))
+    per_split = triton.cdiv(triton.cdiv(cells, splits), block_g) * block_g
+    return GatherPlan(block_j, block_g, per_split, triton.cdiv(cells, per_split))
+
+
+def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed,
+                  plan: Optional[GatherPlan] = None) -> torch.Tensor:
+    """out[M, N] = a[M, R] @ S.T (forward, M <= 64 rows: the kernel keeps all of them) by
+    walking S's nonzeros (_jl_gather_kernel). a: 2-D, any strides; out: contiguous [M, N]."""
+    M, R = a.shape
+    N = out.shape[1]
+    if M > 64:
+        raise ValueError(f"launch_gather takes at most 64 rows of x, got {M}")
+    if M == 0:
+        return out
+    plan = plan or gather_plan(M, N, R, a.device)
+    part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
+    scale = float64_halves(params.scale)
+    _jl_gather_kernel[(triton.cdiv(N, plan.block_j) * plan.splits,)](
+        a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
+        M, N, R, plan.cells_per_split, a.stride(0), a.stride(1), M * N, *scale,
+        PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None, SOFTWARE_BF16=not a.is_cuda,
+        BLOCK_J=plan.block_j, BLOCK_G=plan.block_g, BLOCK_M=_pow2(M, 1, 64), num_warps=plan.num_warps,
+    )
+    return _reduce_partials(part, out, plan.splits, scale)
 
 
 def launch_matrix(out: torch.Tensor, params: JLParams, seed: Seed) -> torch.Tensor:
     """out[k, d] = S in out's dtype with the Triton kernel (out: any strides)."""
     K, D = out.shape
-    block_j, block_g = (32, 32) if out.is_cuda else (_pow2(K, 1, 64), _pow2(triton.cdiv(D, 8), 1, 64))
-    grid = triton.cdiv(K, block_j) * triton.cdiv(D, 8 * block_g)
+    block_j, block_g = (32, 4) if out.is_cuda else (_pow2(K, 1, 64), _pow2(triton.cdiv(D, stream.CELL), 1, 8))
+    grid = triton.cdiv(K, block_j) * triton.cdiv(D, stream.CELL * block_g)
     _jl_matrix_kernel[(grid,)](
-        out, seed.tensor, seed.value, K, D, out.stride(0), out.stride(1),
-        params.threshold, *float64_halves(params.scale),
+        out, seed.tensor, seed.value, count_table_tensor(params.density, out.device), K, D,
+        out.stride(0), out.stride(1), *float64_halves(params.scale),
         SEED_FROM_PTR=seed.tensor is not None, SOFTWARE_BF16=not out.is_cuda,
         BLOCK_J=block_j, BLOCK_G=block_g, num_warps=4,
     )
@@ -353,13 +469,17 @@ def launch_matrix(out: torch.Tensor, params: JLParams, seed: Seed) -> torch.Tens
 # --------------------------------------------------------------------------
 # PyTorch reference
 # --------------------------------------------------------------------------
-def signs_reference(seed: torch.Tensor, row0: int, n_rows: int, n_cols: int, threshold: int,
+def signs_reference(seed: torch.Tensor, row0: int, n_rows: int, n_cols: int, density: float,
                     dtype: torch.dtype) -> torch.Tensor:
     """sign(S) (+1 / -1 / 0 in `dtype`) of rows row0 .. row0 + n_rows - 1, columns 0 .. n_cols - 1."""
     rows = torch.arange(row0, row0 + n_rows, device=seed.device, dtype=torch.int64)
-    cols = torch.arange((n_cols + 7) >> 3, device=seed.device, dtype=torch.int64)
-    u = stream.group_draws(seed, (rows[:, None] << (ROW_SHIFT - 3)) + cols[None, :]).flatten(1)[:, :n_cols]
-    return torch.where(u < threshold, 1 - 2 * (u & 1), 0).to(dtype)
+    cells = torch.arange(-(-n_cols // stream.CELL), device=seed.device, dtype=torch.int64)
+    counters = (rows[:, None] << stream.CELL_SHIFT) + (cells[None, :] << stream.CALL_BITS)
+    mask, sigma = stream.cell_masks(seed, counters, stream.count_table(density))
+    bit = torch.arange(stream.CELL, device=seed.device)
+    nonzero = (mask[..., None] >> bit) & 1
+    negative = (sigma[..., None] >> bit) & 1
+    return (nonzero * (1 - 2 * negative)).flatten(1)[:, :n_cols].to(dtype)
 
 
 def _row_chunks(params: JLParams):
@@ -377,7 +497,7 @@ def project_reference(a: torch.Tensor, params: JLParams, seed: Seed, forward: bo
     n_out = params.out_features if forward else params.in_features
     out = torch.zeros((a.shape[0], n_out), dtype=cdt, device=a.device)
     for j0, nj in _row_chunks(params):
-        signs = signs_reference(seed_t, j0, nj, params.in_features, params.threshold, cdt)
+        signs = signs_reference(seed_t, j0, nj, params.in_features, params.density, cdt)
         if forward:
             out[:, j0:j0 + nj] = ac @ signs.T
         else:
@@ -393,7 +513,7 @@ def matrix_reference(params: JLParams, seed: Seed, dtype: torch.dtype, device) -
     scale = torch.tensor(params.scale, dtype=torch.float64).to(cdt)
     out = torch.empty((params.out_features, params.in_features), dtype=dtype, device=device)
     for j0, nj in _row_chunks(params):
-        signs = signs_reference(seed_t, j0, nj, params.in_features, params.threshold, cdt)
+        signs = signs_reference(seed_t, j0, nj, params.in_features, params.density, cdt)
         out[j0:j0 + nj] = (signs * scale).to(dtype)
     return out
 
