@@ -416,9 +416,16 @@ def test_cuda_matches_reference(dtype, m):
 @pytest.mark.cuda
 @pytest.mark.parametrize("density", [None, 0.3, 0.7, 1.0])
 def test_cuda_matrix_matches_spec(density):
-    k, d, seed = 96, 1000, -77
-    expected = torch.from_numpy(spec_matrix(k, d, seed, density))
-    assert_bitwise_equal(jl_matrix(k, d, seed, density=density, dtype=torch.float64, device="cuda").cpu(), expected)
+    """Bitwise against the spec; the second seed needs 64 bits, after a kernel was compiled
+    and cached (FastKernel) for one that fits in 32: seed_value must be typed int64."""
+    k, d = 96, 1000
+    for seed in (-77, 2**40 + 3):
+        expected = torch.from_numpy(spec_matrix(k, d, seed, density))
+        got = jl_matrix(k, d, seed, density=density, dtype=torch.float64, device="cuda").cpu()
+        assert_bitwise_equal(got, expected, f"seed={seed}")
+        x = torch.randn(3, d, dtype=torch.float64)
+        y = sparse_jl(x.cuda(), k, seed, density=density).cpu()
+        torch.testing.assert_close(y, x @ expected.T, rtol=1e-12, atol=1e-12)
 
 
 @cuda

@@ -47,28 +47,37 @@ def raw_pointer_args(args: tuple, pointer_positions: tuple):
 class FastKernel:
     """Wraps a JIT kernel whose pointer parameters are the ones named ``*_ptr``.
 
-    `launch(key, grid, args, num_warps)`: `args` are ALL kernel parameters in order
-    (constexprs included), args[0] a tensor on the launch device; `key` must determine
+    `launch(key, grid, args, num_warps, **options)`: `args` are ALL kernel parameters in
+    order (constexprs included), args[0] a tensor on the launch device; `key` must determine
     every integer argument Triton specializes on (value 1, divisibility by 16, 32/64-bit
-    range) and every constexpr. Pointer alignment is added here.
+    range) and every constexpr. Pointer alignment is added here; `options` (e.g.
+    num_stages) go to Triton's compiler. `launch_keyed(grid, args, num_warps, **options)`
+    uses as key the values of every argument that is neither a pointer nor named in the
+    kernel's do_not_specialize (for launchers without a cached plan of their own).
     """
 
     def __init__(self, fn):
         self.fn = fn
         self.names = fn.arg_names
         self.pointer_positions = tuple(i for i, name in enumerate(self.names) if name.endswith("_ptr"))
+        unspecialized = set(getattr(fn, "do_not_specialize", ()) or ())
+        self.key_positions = tuple(i for i, name in enumerate(self.names)
+                                   if not name.endswith("_ptr") and name not in unspecialized)
         self.compiled = {}
 
-    def launch(self, key, grid: int, args: tuple, num_warps: int) -> None:
+    def launch_keyed(self, grid: int, args: tuple, num_warps: int, **options) -> None:
+        self.launch(tuple([args[i] for i in self.key_positions]), grid, args, num_warps, **options)
+
+    def launch(self, key, grid: int, args: tuple, num_warps: int, **options) -> None:
         if not args[0].is_cuda:  # Triton's interpreter
-            self._jit_launch(grid, args, num_warps)
+            self._jit_launch(grid, args, num_warps, options)
             return
         call, alignment = raw_pointer_args(args, self.pointer_positions)
         device = args[0].get_device()
-        full_key = (key, num_warps, device, alignment)
+        full_key = (key, num_warps, device, alignment, *options.values())
         entry = self.compiled.get(full_key)
         if entry is None or _hooks_installed():
-            kernel = self._jit_launch(grid, args, num_warps)
+            kernel = self._jit_launch(grid, args, num_warps, options)
             if hasattr(kernel, "run") and hasattr(kernel, "packed_metadata"):
                 self.compiled[full_key] = self._direct_call(kernel)
             return
@@ -88,5 +97,5 @@ class FastKernel:
             pass
         return launcher, (kernel.function, kernel.packed_metadata, None, None, None)
 
-    def _jit_launch(self, grid, args, num_warps):
-        return self.fn[(grid,)](**dict(zip(self.names, args)), num_warps=num_warps)
+    def _jit_launch(self, grid, args, num_warps, options):
+        return self.fn[(grid,)](**dict(zip(self.names, args)), num_warps=num_warps, **options)

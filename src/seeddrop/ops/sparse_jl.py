@@ -34,6 +34,7 @@ from .._common import (
     sm_count,
     use_triton,
 )
+from .._launch import FastKernel
 from .._library import define_op
 
 MAX_IN_FEATURES = 1 << 32  # cells g < 2**26 (stream.CELL_SHIFT)
@@ -191,7 +192,7 @@ if stream.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_matmul_kernel(
-        a_ptr, out_ptr, seed_ptr, seed_value, table_ptr, M, N, R, r_per_split,
+        a_ptr, out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, M, N, R, r_per_split,
         a_sm, a_sr, o_ss, o_sm, o_sn, scale_hi, scale_lo,
         FORWARD: tl.constexpr, SWAP: tl.constexpr, PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
         DOT_MODE: tl.constexpr, USE_WHILE: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
@@ -251,7 +252,7 @@ if stream.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_gather_kernel(
-        a_ptr, out_ptr, seed_ptr, seed_value, table_ptr, M, N, R, cells_per_split,
+        a_ptr, out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, M, N, R, cells_per_split,
         a_sm, a_sr, o_ss, scale_hi, scale_lo,
         PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
         BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -290,7 +291,7 @@ if stream.HAS_TRITON:
                split, o_ss, scale_hi, scale_lo, PARTIAL, SOFTWARE_BF16)
 
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
-    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value, table_ptr, K, D, o_sj, o_sc, scale_hi, scale_lo,
+    def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, K, D, o_sj, o_sc, scale_hi, scale_lo,
                           SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
                           BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr):
         """out = S (sign * scale, rounded once to out's dtype), a [BLOCK_J, 64 * BLOCK_G] tile per program."""
@@ -303,6 +304,11 @@ if stream.HAS_TRITON:
         signs = _sign_tile(_seed(seed_ptr, seed_value, SEED_FROM_PTR), rows, col0, table_ptr, BLOCK_G, CDT)
         _store(signs, out_ptr, rows[:, None] * o_sj + cols[None, :] * o_sc,
                (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
+
+
+_MATMUL, _GATHER, _REDUCE, _MATRIX = (
+    (FastKernel(_jl_matmul_kernel), FastKernel(_jl_gather_kernel), FastKernel(_jl_reduce_kernel),
+     FastKernel(_jl_matrix_kernel)) if stream.HAS_TRITON else (None,) * 4)
 
 
 class JLConfig(NamedTuple):
@@ -385,22 +391,20 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
     on_gpu = a.is_cuda
     scale = float64_halves(params.scale)
-    _jl_matmul_kernel[(tiles * splits,)](
+    _MATMUL.launch_keyed(tiles * splits, (
         a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
         M, N, R, r_per_split, a.stride(0), a.stride(1), M * N, N, 1, *scale,
-        FORWARD=forward, SWAP=cfg.swap, PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None,
-        DOT_MODE=_dot_mode(a.dtype, on_gpu), USE_WHILE=not on_gpu, SOFTWARE_BF16=not on_gpu,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+        forward, cfg.swap, part is not None, seed.tensor is not None,  # FORWARD SWAP PARTIAL SEED_FROM_PTR
+        _dot_mode(a.dtype, on_gpu), not on_gpu, not on_gpu,  # DOT_MODE USE_WHILE SOFTWARE_BF16
+        cfg.block_m, cfg.block_n, cfg.block_r), cfg.num_warps, num_stages=cfg.num_stages)
     return _reduce_partials(part, out, splits, scale)
 
 
 def _reduce_partials(part, out, splits, scale):
     if part is not None:
         block = 1024 if out.is_cuda else 16384
-        _jl_reduce_kernel[(triton.cdiv(out.numel(), block),)](part, out, splits, out.numel(), *scale,
-                                                              SOFTWARE_BF16=not out.is_cuda, BLOCK=block)
+        _REDUCE.launch_keyed(triton.cdiv(out.numel(), block),
+                             (part, out, splits, out.numel(), *scale, not out.is_cuda, block), 4)
     return out
 
 
@@ -443,12 +447,11 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
     plan = plan or gather_plan(M, N, R, a.device)
     part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
-    _jl_gather_kernel[(triton.cdiv(N, plan.block_j) * plan.splits,)](
+    _GATHER.launch_keyed(triton.cdiv(N, plan.block_j) * plan.splits, (
         a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
         M, N, R, plan.cells_per_split, a.stride(0), a.stride(1), M * N, *scale,
-        PARTIAL=part is not None, SEED_FROM_PTR=seed.tensor is not None, SOFTWARE_BF16=not a.is_cuda,
-        BLOCK_J=plan.block_j, BLOCK_G=plan.block_g, BLOCK_M=_pow2(M, 1, 64), num_warps=plan.num_warps,
-    )
+        part is not None, seed.tensor is not None, not a.is_cuda,  # PARTIAL SEED_FROM_PTR SOFTWARE_BF16
+        plan.block_j, plan.block_g, _pow2(M, 1, 64)), plan.num_warps)
     return _reduce_partials(part, out, plan.splits, scale)
 
 
@@ -457,12 +460,10 @@ def launch_matrix(out: torch.Tensor, params: JLParams, seed: Seed) -> torch.Tens
     K, D = out.shape
     block_j, block_g = (32, 4) if out.is_cuda else (_pow2(K, 1, 64), _pow2(triton.cdiv(D, stream.CELL), 1, 8))
     grid = triton.cdiv(K, block_j) * triton.cdiv(D, stream.CELL * block_g)
-    _jl_matrix_kernel[(grid,)](
+    _MATRIX.launch_keyed(grid, (
         out, seed.tensor, seed.value, count_table_tensor(params.density, out.device), K, D,
         out.stride(0), out.stride(1), *float64_halves(params.scale),
-        SEED_FROM_PTR=seed.tensor is not None, SOFTWARE_BF16=not out.is_cuda,
-        BLOCK_J=block_j, BLOCK_G=block_g, num_warps=4,
-    )
+        seed.tensor is not None, not out.is_cuda, block_j, block_g), 4)  # SEED_FROM_PTR SOFTWARE_BF16
     return out
 
 
