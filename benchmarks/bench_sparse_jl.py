@@ -59,7 +59,8 @@ def variants(batch: int, k: int, d: int, dtype: torch.dtype, device) -> list:
         bm = default.block_m
         plans = [C(bm, 64, 128, 4, 3, swap=True), C(bm, 128, 64, 4, 3), C(bm, 64, 128, 8, 3)]
         gp = lambda bj, bg, warps: J.gather_plan(batch, k, d, device, bj, bg)._replace(num_warps=warps)  # noqa: E731
-        plans += [gp(16, 16, 4), gp(32, 16, 4), gp(16, 32, 4), gp(8, 32, 2), gp(64, 8, 4)]
+        shapes = [(16, 16), (16, 32), (8, 32), (32, 16)] if batch == 1 else [(16, 1), (16, 2), (32, 1), (8, 4)]
+        plans += [gp(bj, bg, 4) for bj, bg in shapes] + [gp(16, 2 if batch > 1 else 32, 8)]
     else:
         plans = [C(128, 128, 64, 8, 3), C(128, 256, 64, 8, 3), C(256, 128, 64, 8, 4)]
     if batch <= J.GATHER_MAX_ROWS:

@@ -421,12 +421,13 @@ class GatherPlan(NamedTuple):
 
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
                 splits: int = 0) -> GatherPlan:
-    """About 4 programs per SM, each walking >= 2 steps of cells (or the given values)."""
+    """About 4 programs per SM, each walking >= 2 steps of cells (or the given values); the
+    [block_j, block_g, rows of x] tile of loaded values stays at <= 16 registers a thread."""
     cells = triton.cdiv(R, stream.CELL)
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
-        block_j, block_g = block_j or 16, block_g or 16
+        block_j, block_g = block_j or 16, block_g or max(1, 32 // _pow2(M, 1, 64))
         if not splits:
             splits = max(1, min(triton.cdiv(4 * sm_count(device), triton.cdiv(N, block_j)),
                                 triton.cdiv(cells, 2 * block_g)))
@@ -437,13 +438,16 @@ def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, 
 def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed,
                   plan: Optional[GatherPlan] = None) -> torch.Tensor:
     """out[M, N] = a[M, R] @ S.T (forward, M <= 64 rows: the kernel keeps all of them) by
-    walking S's nonzeros (_jl_gather_kernel). a: 2-D, any strides; out: contiguous [M, N]."""
+    walking S's nonzeros (_jl_gather_kernel). a: 2-D, any strides (several rows are read
+    from a column-major copy, so one nonzero's M values are contiguous); out: contiguous [M, N]."""
     M, R = a.shape
     N = out.shape[1]
     if M > 64:
         raise ValueError(f"launch_gather takes at most 64 rows of x, got {M}")
     if M == 0:
         return out
+    if M > 1 and a.stride(0) != 1:
+        a = a.t().contiguous().t()
     plan = plan or gather_plan(M, N, R, a.device)
     part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
