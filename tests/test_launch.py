@@ -32,3 +32,29 @@ def test_raw_pointer_args_replaces_tensors_and_keys_alignment():
     keys = {raw_pointer_args(a, (0, 1))[1] for a in [(aligned, None), (None, aligned), (aligned, offset),
                                                       (offset, aligned), (aligned, aligned), (None, None)]}
     assert len(keys) == 6  # every combination of None / aligned / unaligned gets its own kernel key
+
+
+def test_launch_keyed_keys_every_specialized_argument_and_pointer_dtype():
+    """launch_keyed's key: the values of the arguments Triton specializes on (not the
+    do_not_specialize ones, e.g. seed_value, which are typed int64) and each pointer's
+    dtype: a bf16 and an fp32 call of the same shape must not share a compiled kernel."""
+    from seeddrop.ops import sparse_jl
+
+    kernel = FastKernel(sparse_jl._jl_matrix_kernel)
+    keys = []
+    kernel.launch = lambda key, grid, args, num_warps, **options: keys.append(key)
+    seed = torch.tensor(3)
+    table = torch.zeros(128, dtype=torch.int64)
+
+    def call(out, seed_tensor, seed_value, k=4, block_g=2):
+        kernel.launch_keyed(1, (out, seed_tensor, seed_value, table, k, 64, 64, 1, 0, 0, False, True, 4, block_g), 4)
+
+    out16, out32 = torch.empty(4, 64, dtype=torch.bfloat16), torch.empty(4, 64)
+    call(out16, None, 5)
+    call(out16, None, 2**40)  # another seed value: the same kernel
+    call(out32, None, 5)  # another output dtype
+    call(out16, seed, 0)  # seed from a tensor
+    call(out16, None, 5, k=16)  # K divisible by 16
+    call(out16, None, 5, block_g=4)  # a constexpr
+    assert keys[0] == keys[1]
+    assert len(set(keys)) == 5

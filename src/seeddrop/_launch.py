@@ -53,20 +53,24 @@ class FastKernel:
     range) and every constexpr. Pointer alignment is added here; `options` (e.g.
     num_stages) go to Triton's compiler. `launch_keyed(grid, args, num_warps, **options)`
     uses as key the values of every argument that is neither a pointer nor named in the
-    kernel's do_not_specialize (for launchers without a cached plan of their own).
+    kernel's do_not_specialize, and every pointer's dtype (for launchers without a cached
+    plan of their own).
     """
 
     def __init__(self, fn):
         self.fn = fn
         self.names = fn.arg_names
         self.pointer_positions = tuple(i for i, name in enumerate(self.names) if name.endswith("_ptr"))
-        unspecialized = set(getattr(fn, "do_not_specialize", ()) or ())
+        unspecialized = getattr(fn, "do_not_specialize", None) or getattr(fn, "kwargs", {}).get("do_not_specialize")
+        unspecialized = set(unspecialized or ())  # (the interpreter's function keeps it in kwargs)
         self.key_positions = tuple(i for i, name in enumerate(self.names)
                                    if not name.endswith("_ptr") and name not in unspecialized)
         self.compiled = {}
 
     def launch_keyed(self, grid: int, args: tuple, num_warps: int, **options) -> None:
-        self.launch(tuple([args[i] for i in self.key_positions]), grid, args, num_warps, **options)
+        key = [args[i] for i in self.key_positions]
+        key += [None if args[i] is None else args[i].dtype for i in self.pointer_positions]
+        self.launch(tuple(key), grid, args, num_warps, **options)
 
     def launch(self, key, grid: int, args: tuple, num_warps: int, **options) -> None:
         if not args[0].is_cuda:  # Triton's interpreter

@@ -164,11 +164,26 @@ if HAS_TRITON:
         return tl.reshape(halves, [group.shape[0], group.shape[1], 8]).to(tl.int32)
 
     @triton.jit
-    def cell_masks_tile(seed, cell, table_ptr):
+    def _floyd_step(seed, cell, chosen, draws, s, d0, d1, d2, d3):
+        """Step s of Floyd's algorithm on the cells with `draws` > s; d0..d3: the words of the
+        Philox call that holds draw s (call 0's w3 as d3 for s = 0)."""
+        word = (s + 3) % 4
+        draw = tl.where(word < 2, tl.where(word == 0, d0, d1), tl.where(word == 2, d2, d3))
+        i = 64 - draws + s
+        t = (draw.to(tl.uint64) * (i + 1).to(tl.uint64)) >> 32
+        bit_t = tl.full(cell.shape, 1, tl.uint64) << t
+        bit_i = tl.full(cell.shape, 1, tl.uint64) << (i & 63).to(tl.uint64)
+        add = tl.where((chosen & bit_t) != 0, bit_i, bit_t)
+        return tl.where(s < draws, chosen | add, chosen)
+
+    @triton.jit
+    def cell_masks_tile(seed, cell, table_ptr, UNROLLED: tl.constexpr = 0):
         """Projection spec v2 for a tile of cells: cell = int64 counters (j << 30) + (g << 4)
         of call 0, any shape; table_ptr: count_table as int64 (128 entries). Returns
         (mask, sigma, count): uint64 nonzero mask (bit b: column 64 g + b), uint64 sign word
-        (bit b set: negative) and int32 count (= popcount(mask))."""
+        (bit b set: negative) and int32 count (= popcount(mask)). UNROLLED: the first Floyd
+        steps as straight-line code, without a data-dependent loop unless some cell of the
+        tile needs more (a loop in a tl.range body stops Triton from pipelining its loads)."""
         w0, w1, w2, w3 = philox_words(seed, cell)
         count = tl.zeros(cell.shape, tl.int32)
         for step in tl.static_range(6, -1, -1):  # largest t with C[t] <= w0
@@ -177,20 +192,18 @@ if HAS_TRITON:
         draws = tl.minimum(count, 64 - count)  # Floyd's algorithm picks the smaller side
         chosen = tl.zeros(cell.shape, tl.uint64)
         d0, d1, d2, d3 = w3, w3, w3, w3  # draw 0 is call 0's w3, then 4 per call
-        s = 0
+        for first in tl.static_range(UNROLLED):
+            if first % 4 == 1:
+                d0, d1, d2, d3 = philox_words(seed, cell + (1 + (first - 1) // 4))
+            chosen = _floyd_step(seed, cell, chosen, draws, first, d0, d1, d2, d3)
         last = tl.max(draws)
-        while s < last:
-            if s % 4 == 1:
-                d0, d1, d2, d3 = philox_words(seed, cell + (1 + (s - 1) // 4))
-            word = (s + 3) % 4
-            draw = tl.where(word < 2, tl.where(word == 0, d0, d1), tl.where(word == 2, d2, d3))
-            i = 64 - draws + s
-            t = (draw.to(tl.uint64) * (i + 1).to(tl.uint64)) >> 32
-            bit_t = tl.full(cell.shape, 1, tl.uint64) << t
-            bit_i = tl.full(cell.shape, 1, tl.uint64) << (i & 63).to(tl.uint64)
-            add = tl.where((chosen & bit_t) != 0, bit_i, bit_t)
-            chosen = tl.where(s < draws, chosen | add, chosen)
-            s += 1
+        if last > UNROLLED:
+            s = UNROLLED
+            while s < last:
+                if s % 4 == 1:
+                    d0, d1, d2, d3 = philox_words(seed, cell + (1 + (s - 1) // 4))
+                chosen = _floyd_step(seed, cell, chosen, draws, s, d0, d1, d2, d3)
+                s += 1
         mask = tl.where(count > 32, chosen ^ 0xFFFFFFFFFFFFFFFF, chosen)
         sigma = (w2.to(tl.uint64) << 32) | w1.to(tl.uint64)
         return mask, sigma, count

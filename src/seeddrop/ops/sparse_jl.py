@@ -97,6 +97,7 @@ if stream.HAS_TRITON:
 
     _CELL_SHIFT: tl.constexpr = tl.constexpr(stream.CELL_SHIFT)
     _CALL_BITS: tl.constexpr = tl.constexpr(stream.CALL_BITS)
+    FLOYD_UNROLLED: tl.constexpr = tl.constexpr(4)
 
     @triton.jit
     def _seed(seed_ptr, seed_value, SEED_FROM_PTR: tl.constexpr):
@@ -106,16 +107,17 @@ if stream.HAS_TRITON:
             return seed_value
 
     @triton.jit
-    def _cells(seed, rows, cells, table_ptr):
+    def _cells(seed, rows, cells, table_ptr, UNROLLED: tl.constexpr = 0):
         """(mask, sigma, count) [R, G] of the cells rows x cells (int64 [R], [G])."""
-        return cell_masks_tile(seed, (rows[:, None] << _CELL_SHIFT) + (cells[None, :] << _CALL_BITS), table_ptr)
+        return cell_masks_tile(seed, (rows[:, None] << _CELL_SHIFT) + (cells[None, :] << _CALL_BITS), table_ptr,
+                               UNROLLED)
 
     @triton.jit
     def _sign_tile(seed, rows, col0, table_ptr, G: tl.constexpr, dtype: tl.constexpr):
         """sign(S) as `dtype` (+1 / -1 / 0, built from bits, exact in every dtype) at rows
         `rows` (int64 [R]) and the 64 * G columns col0 .. col0 + 64G - 1 (col0 % 64 == 0):
         [R, 64 * G], one cell (one or two Philox calls, usually) per 64 entries."""
-        mask, sigma, _ = _cells(seed, rows, (col0 >> 6) + tl.arange(0, G).to(tl.int64), table_ptr)
+        mask, sigma, _ = _cells(seed, rows, (col0 >> 6) + tl.arange(0, G).to(tl.int64), table_ptr, FLOYD_UNROLLED)
         # 32-bit halves, then one bit per entry: [R, G, 2, 32] -> [R, 64 * G]
         halves = tl.join(mask.to(tl.uint32), (mask >> 32).to(tl.uint32))
         negative = tl.join((sigma & mask).to(tl.uint32), ((sigma & mask) >> 32).to(tl.uint32))
@@ -342,7 +344,7 @@ def default_config(M: int, N: int, R: int, dtype: torch.dtype, device: torch.dev
     if dtype == torch.float32:  # two TF32 products per tile
         return JLConfig(small_m, 64, 64) if M <= 64 else JLConfig(128, 128, 64, num_warps=8)
     if M <= 64:
-        return JLConfig(small_m, 64, 128)
+        return JLConfig(small_m, 128, 64)
     if M <= 1024 or dtype == torch.float16:  # fp16 at block_m 256 spills
         return JLConfig(128, 128, 64, num_warps=8)
     return JLConfig(256, 128, 64, num_warps=8)
@@ -427,7 +429,7 @@ def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, 
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
-        block_j, block_g = block_j or 16, block_g or max(1, 32 // _pow2(M, 1, 64))
+        block_j, block_g = block_j or (8 if M == 1 else 16), block_g or max(1, 32 // _pow2(M, 1, 64))
         if not splits:
             splits = max(1, min(triton.cdiv(4 * sm_count(device), triton.cdiv(N, block_j)),
                                 triton.cdiv(cells, 2 * block_g)))
