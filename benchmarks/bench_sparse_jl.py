@@ -57,7 +57,8 @@ def variants(batch: int, k: int, d: int, dtype: torch.dtype, device) -> list:
     default = J.default_config(batch, k, d, dtype, device)
     if batch <= 64:
         bm = default.block_m
-        plans = [C(bm, 64, 128, 4, 3, swap=True), C(bm, 128, 64, 4, 3), C(bm, 64, 128, 8, 3)]
+        plans = [C(bm, 64, 128, 4, 3, swap=True), C(bm, 128, 64, 4, 3), C(bm, 64, 128, 8, 3),
+                 C(bm, 128, 64, 4, 3, split=64), C(bm, 128, 64, 4, 3, split=128), C(bm, 64, 64, 4, 3, split=64)]
         gp = lambda bj, bg, warps: J.gather_plan(batch, k, d, device, bj, bg)._replace(num_warps=warps)  # noqa: E731
         shapes = [(16, 16), (16, 32), (8, 32), (32, 16)] if batch == 1 else [(16, 1), (16, 2), (32, 1), (8, 4)]
         plans += [gp(bj, bg, 4) for bj, bg in shapes] + [gp(16, 2 if batch > 1 else 32, 8)]
@@ -66,7 +67,8 @@ def variants(batch: int, k: int, d: int, dtype: torch.dtype, device) -> list:
     if batch <= J.GATHER_MAX_ROWS:
         default = J.gather_plan(batch, k, d, device)
     out = [default] + [c for c in plans if c != default]
-    return [(("gather " if isinstance(c, J.GatherPlan) else "") + str(tuple(c)[:6]), c) for c in out]
+    return [(("gather " if isinstance(c, J.GatherPlan) else "") + str(tuple(c)[:6] + ((c.split,) if
+             isinstance(c, J.JLConfig) and c.split else ())), c) for c in out]
 
 
 def _run_plan(x, out, params, seed, plan):

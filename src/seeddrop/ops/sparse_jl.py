@@ -14,6 +14,7 @@ The scale multiplies the fp32 (fp64) accumulator once. Saved for backward: the s
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -54,6 +55,17 @@ class JLParams(NamedTuple):
 
 def jl_params(out_features, in_features, density=None) -> JLParams:
     """Validate the projection's arguments; density defaults to 1 / sqrt(in_features)."""
+    if type(out_features) is int and type(in_features) is int and (density is None or type(density) is float):
+        return _jl_params_cached(out_features, in_features, density)  # the common, hashable case
+    return _jl_params(out_features, in_features, density)
+
+
+@functools.lru_cache(maxsize=256)
+def _jl_params_cached(out_features: int, in_features: int, density) -> JLParams:
+    return _jl_params(out_features, in_features, density)
+
+
+def _jl_params(out_features, in_features, density) -> JLParams:
     for name, value, hi in (("out_features", out_features, MAX_OUT_FEATURES),
                             ("in_features", in_features, MAX_IN_FEATURES)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -332,6 +344,7 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(n)))
 
 
+@functools.lru_cache(maxsize=1024)  # the plans are pure functions of their arguments
 def default_config(M: int, N: int, R: int, dtype: torch.dtype, device: torch.device) -> JLConfig:
     """S is regenerated once per block_m rows of a, so large batches take large block_m;
     small batches split the reduction to fill the GPU instead (docs/sparse_jl.md). All
@@ -350,6 +363,7 @@ def default_config(M: int, N: int, R: int, dtype: torch.dtype, device: torch.dev
     return JLConfig(256, 128, 64, num_warps=8)
 
 
+@functools.lru_cache(maxsize=1024)
 def split_plan(M: int, N: int, R: int, cfg: JLConfig, device: torch.device):
     """(r_per_split, splits): programs along R, about 4 per SM (cfg.split if set), each with
     >= 4 steps of block_r, their fp32 partial sums (when splits > 1) at most 8 MiB."""
@@ -421,6 +435,7 @@ class GatherPlan(NamedTuple):
     num_warps: int = 4
 
 
+@functools.lru_cache(maxsize=1024)
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
                 splits: int = 0) -> GatherPlan:
     """About 4 programs per SM, each walking >= 2 steps of cells (or the given values); the
