@@ -23,7 +23,9 @@ import torch
 
 from .. import stream
 from .._common import (
+    cdiv,
     lean_apply,
+    next_pow2,
     FLOAT_DTYPES,
     Seed,
     check_float_tensor,
@@ -341,7 +343,7 @@ class JLConfig(NamedTuple):
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(n)))
+    return max(lo, min(hi, next_pow2(n)))
 
 
 @functools.lru_cache(maxsize=1024)  # the plans are pure functions of their arguments
@@ -369,11 +371,11 @@ def split_plan(M: int, N: int, R: int, cfg: JLConfig, device: torch.device):
     >= 4 steps of block_r, their fp32 partial sums (when splits > 1) at most 8 MiB."""
     splits = cfg.split
     if not splits:
-        tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+        tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
         budget = max(1, (8 << 20) // (4 * M * N))
-        splits = max(1, min(triton.cdiv(4 * sm_count(device), tiles), triton.cdiv(R, 4 * cfg.block_r), budget))
-    r_per_split = triton.cdiv(triton.cdiv(R, cfg.block_r), splits) * cfg.block_r
-    return r_per_split, triton.cdiv(R, r_per_split)
+        splits = max(1, min(cdiv(4 * sm_count(device), tiles), cdiv(R, 4 * cfg.block_r), budget))
+    r_per_split = cdiv(cdiv(R, cfg.block_r), splits) * cfg.block_r
+    return r_per_split, cdiv(R, r_per_split)
 
 
 def _dot_mode(dtype: torch.dtype, cuda: bool) -> int:
@@ -402,7 +404,7 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
     cfg = config or default_config(M, N, R, a.dtype, a.device)
     if (cfg.block_r if forward else cfg.block_n) % stream.CELL:
         raise ValueError(f"the tile along S's columns must be a multiple of {stream.CELL}: {cfg}")
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
+    tiles = cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n)
     r_per_split, splits = split_plan(M, N, R, cfg, a.device)
     part = torch.empty((splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if splits > 1 else None
     on_gpu = a.is_cuda
@@ -419,7 +421,7 @@ def launch_project(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: S
 def _reduce_partials(part, out, splits, scale):
     if part is not None:
         block = 1024 if out.is_cuda else 16384
-        _REDUCE.launch_keyed(triton.cdiv(out.numel(), block),
+        _REDUCE.launch_keyed(cdiv(out.numel(), block),
                              (part, out, splits, out.numel(), *scale, not out.is_cuda, block), 4)
     return out
 
@@ -440,16 +442,16 @@ def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, 
                 splits: int = 0) -> GatherPlan:
     """About 4 programs per SM, each walking >= 2 steps of cells (or the given values); the
     [block_j, block_g, rows of x] tile of loaded values stays at <= 16 registers a thread."""
-    cells = triton.cdiv(R, stream.CELL)
+    cells = cdiv(R, stream.CELL)
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
         block_j, block_g = block_j or (8 if M == 1 else 16), block_g or max(1, 32 // _pow2(M, 1, 64))
         if not splits:
-            splits = max(1, min(triton.cdiv(4 * sm_count(device), triton.cdiv(N, block_j)),
-                                triton.cdiv(cells, 2 * block_g)))
-    per_split = triton.cdiv(triton.cdiv(cells, splits), block_g) * block_g
-    return GatherPlan(block_j, block_g, per_split, triton.cdiv(cells, per_split))
+            splits = max(1, min(cdiv(4 * sm_count(device), cdiv(N, block_j)),
+                                cdiv(cells, 2 * block_g)))
+    per_split = cdiv(cdiv(cells, splits), block_g) * block_g
+    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split))
 
 
 def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed,
@@ -468,7 +470,7 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
     plan = plan or gather_plan(M, N, R, a.device)
     part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
-    _GATHER.launch_keyed(triton.cdiv(N, plan.block_j) * plan.splits, (
+    _GATHER.launch_keyed(cdiv(N, plan.block_j) * plan.splits, (
         a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
         M, N, R, plan.cells_per_split, a.stride(0), a.stride(1), M * N, *scale,
         part is not None, seed.tensor is not None, not a.is_cuda,  # PARTIAL SEED_FROM_PTR SOFTWARE_BF16
@@ -479,8 +481,8 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
 def launch_matrix(out: torch.Tensor, params: JLParams, seed: Seed) -> torch.Tensor:
     """out[k, d] = S in out's dtype with the Triton kernel (out: any strides)."""
     K, D = out.shape
-    block_j, block_g = (32, 4) if out.is_cuda else (_pow2(K, 1, 64), _pow2(triton.cdiv(D, stream.CELL), 1, 8))
-    grid = triton.cdiv(K, block_j) * triton.cdiv(D, stream.CELL * block_g)
+    block_j, block_g = (32, 4) if out.is_cuda else (_pow2(K, 1, 64), _pow2(cdiv(D, stream.CELL), 1, 8))
+    grid = cdiv(K, block_j) * cdiv(D, stream.CELL * block_g)
     _MATRIX.launch_keyed(grid, (
         out, seed.tensor, seed.value, count_table_tensor(params.density, out.device), K, D,
         out.stride(0), out.stride(1), *float64_halves(params.scale),
