@@ -15,6 +15,7 @@ use 6-sigma binomial bounds.
 """
 import io
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -340,6 +341,22 @@ def test_module_seed_and_state_dict():
     xr = x.clone().requires_grad_()
     m3(xr).sum().backward()
     assert xr.grad.shape == x.shape
+
+
+def test_module_state_dict_records_the_stream_version():
+    """A state_dict without `stream_version` (saved under projection spec v1) or with another
+    version loads its seed but warns that S differs; the current version loads silently."""
+    m = SparseJL(40, 12, seed=5)
+    assert int(m.state_dict()["stream_version"]) == 2
+    old = {"seed": torch.tensor(9)}
+    with pytest.warns(UserWarning, match="version none"):
+        m.load_state_dict(old)
+    assert int(m.seed) == 9 and int(m.stream_version) == 2 and "stream_version" not in old
+    with pytest.warns(UserWarning, match="version 3"):
+        m.load_state_dict({"seed": torch.tensor(9), "stream_version": torch.tensor(3)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SparseJL(40, 12).load_state_dict(m.state_dict())
 
 
 # ---------------------------------------------------------------------------

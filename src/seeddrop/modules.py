@@ -1,6 +1,8 @@
 """nn.Module wrappers around the seeddrop ops."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -68,7 +70,12 @@ class SparseJL(nn.Module):
     """Seeded very sparse random projection y = x @ S.T, [..., in_features] -> [..., out_features]
     (see seeddrop.sparse_jl); S is generated inside the kernel and costs no memory. The seed is
     fixed at construction (drawn from torch's generator when None) and kept as the int64 buffer
-    `seed`, so a state_dict round trip reproduces the same projection."""
+    `seed`, so a state_dict round trip reproduces the same projection. The buffer
+    `stream_version` records the projection stream that defines S (2: docs/sparse_jl.md);
+    loading a state_dict of another version (or none: saved before 2026-11-30) warns, since
+    the same seed then gives another S."""
+
+    STREAM_VERSION = 2
 
     def __init__(self, in_features: int, out_features: int, density=None, seed=None) -> None:
         super().__init__()
@@ -76,6 +83,18 @@ class SparseJL(nn.Module):
         self.in_features, self.out_features = params.in_features, params.out_features
         self.density = density  # as given; None means 1 / sqrt(in_features)
         self.register_buffer("seed", fixed_seed(seed))
+        self.register_buffer("stream_version", torch.tensor(self.STREAM_VERSION))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "stream_version"
+        version = state_dict.get(key)
+        if version is None or int(version) != self.STREAM_VERSION:
+            found = "none (saved before 2026-11-30: version 1)" if version is None else int(version)
+            warnings.warn(f"SparseJL state_dict with projection stream version {found}; this seeddrop "
+                          f"generates S with version {self.STREAM_VERSION}, so the same seed gives another "
+                          f"projection (docs/sparse_jl.md)", stacklevel=2)
+            state_dict[key] = torch.tensor(self.STREAM_VERSION)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and (x.dim() == 0 or x.shape[-1] != self.in_features):

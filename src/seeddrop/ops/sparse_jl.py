@@ -57,7 +57,8 @@ class JLParams(NamedTuple):
 
 def jl_params(out_features, in_features, density=None) -> JLParams:
     """Validate the projection's arguments; density defaults to 1 / sqrt(in_features)."""
-    if type(out_features) is int and type(in_features) is int and (density is None or type(density) is float):
+    if (type(out_features) is int and type(in_features) is int and (density is None or type(density) is float)
+            and not torch.compiler.is_compiling()):  # (Dynamo warns when it traces an lru_cache)
         return _jl_params_cached(out_features, in_features, density)  # the common, hashable case
     return _jl_params(out_features, in_features, density)
 
@@ -632,9 +633,9 @@ def sparse_jl(x: torch.Tensor, out_features: int, seed, *, density=None) -> torc
 
     x: float16/bfloat16/float32/float64, any leading shape and strides (leading dims that
     do not collapse to one are copied). seed: int in [-2**63, 2**64) or an integer tensor
-    with one value. density: in (0, 1], default 1/sqrt(d), resolved to a multiple of
-    1/32768. Sums in fp32 (fp64 for float64), rounded once to x's dtype. Differentiable
-    in x (backward regenerates S from the seed).
+    with one value. density: in (0, 1], default 1/sqrt(d), used as given. Sums in fp32
+    (fp64 for float64), rounded once to x's dtype. Differentiable in x (backward
+    regenerates S from the seed). S follows projection spec v2 (docs/sparse_jl.md).
     """
     params, seed = _validate(x, out_features, seed, density)
     if torch.compiler.is_compiling():
@@ -658,7 +659,7 @@ def jl_matrix(out_features: int, in_features: int, seed, *, density=None, dtype=
               device=None) -> torch.Tensor:
     """S (out_features x in_features) materialized, for inspection and tests: each entry is
     +scale / -scale with probability rho / 2 each, else 0, scale = sqrt(1 / (rho * k)),
-    rho = the effective density (jl_params). sparse_jl(x, k, seed) == x @ S.T up to rounding."""
+    rho = density (projection spec v2). sparse_jl(x, k, seed) == x @ S.T up to rounding."""
     params = jl_params(out_features, in_features, density)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, but got {dtype}")
