@@ -457,10 +457,10 @@ class _Kernel(FastKernel):
     does, not contract to an fma); on for gelu / gelu_tanh / silu, whose results are
     compared within a tolerance anyway and whose kernels are compute bound."""
 
-    def _jit_launch(self, grid, args, num_warps):
+    def _jit_launch(self, grid, args, num_warps, options):
         kwargs = dict(zip(self.names, args))
         fusion = kwargs["ACT"] in TRANSCENDENTAL_ACTIVATIONS
-        return self.fn[(grid,)](**kwargs, num_warps=num_warps, enable_fp_fusion=fusion)
+        return self.fn[(grid,)](**kwargs, num_warps=num_warps, enable_fp_fusion=fusion, **options)
 
 
 # gelu, gelu_tanh, silu: compute-bound kernels (fp fusion on, narrow bias-reducing tiles in 16-bit)
