@@ -87,7 +87,7 @@ def jl_matmul(dtype, block_m=16, block_n=64, block_r=128, num_warps=4, num_stage
     for k in const:
         sig[k] = "constexpr"
     return compile_sass(sj._jl_matmul_kernel, sig, const, num_warps=num_warps,
-                        aligned=("a_ptr", "out_ptr", "R", "a_sm"), num_stages=num_stages)
+                        aligned=("a_ptr", "out_ptr", "seed_ptr", "table_ptr", "R", "a_sm"), num_stages=num_stages)
 
 
 def jl_gather(dtype, block_j=16, block_g=16, block_m=1, num_warps=4):
@@ -101,7 +101,8 @@ def jl_gather(dtype, block_j=16, block_g=16, block_m=1, num_warps=4):
              "BLOCK_J": block_j, "BLOCK_G": block_g, "BLOCK_M": block_m}
     for k in const:
         sig[k] = "constexpr"
-    return compile_sass(sj._jl_gather_kernel, sig, const, num_warps=num_warps, aligned=("a_ptr", "out_ptr", "R"))
+    return compile_sass(sj._jl_gather_kernel, sig, const, num_warps=num_warps,
+                        aligned=("a_ptr", "out_ptr", "seed_ptr", "table_ptr", "R"))
 
 
 if __name__ == "__main__":

@@ -298,6 +298,43 @@ def test_kernels_match_reference(dtype):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernels_match_reference_in_dense_cells(dtype):
+    """rho > 1/2: Floyd's algorithm picks the zeros and the mask is complemented (cells with
+    up to 64 nonzeros), through both kernels: the nonzero walk (3 rows of x) and the dense
+    tiles (21 rows, and the backward)."""
+    torch.manual_seed(10)
+    params = J.jl_params(24, 200, 0.7)
+    seed = Seed(None, 123)
+    atol = 1e-5
+    for forward, a in ((True, torch.randn(3, 200)), (True, torch.randn(21, 200)), (False, torch.randn(21, 24))):
+        a = a.to(dtype)
+        ref = J.project_reference(a, params, seed, forward)
+        out = torch.full(ref.shape, float("nan"), dtype=dtype)
+        J.launch_project(a, out, params, seed, forward)
+        torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol, msg=f"{forward} {a.shape}")
+
+
+def test_non_finite_inputs_follow_the_kernel():
+    """Documented difference: for at most GATHER_MAX_ROWS rows the forward adds x only where S
+    is nonzero (as a sparse product does), so an inf reaches only outputs whose row of S has
+    a nonzero in its column; the dense tiles and the reference multiply S's zeros too
+    (0 * inf = nan in every other output of that row of x)."""
+    k, d, seed = 16, 256, 3
+    x = torch.randn(9, d)
+    x[:, 5] = float("inf")
+    s = jl_matrix(k, d, seed, density=0.1, dtype=torch.float64)
+    hit = s[:, 5] != 0
+    assert 0 < int(hit.sum()) < k  # else this test cannot tell the two behaviours apart
+    dense = J.project_reference(x, J.jl_params(k, d, 0.1), Seed(None, seed), True)
+    assert bool((~dense.isfinite()).all()) and bool(dense[:, ~hit].isnan().all())
+    if J.use_triton(x):
+        few = sparse_jl(x[:8], k, seed, density=0.1)
+        assert bool((~few.isfinite() == hit[None, :]).all())
+        assert bool(few[:, ~hit].isfinite().all())
+
+
+@needs_interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matrix_kernel_matches_reference(dtype):
     for k, d, seed in ((70, 130, Seed(None, 11)), (5, 8, Seed(torch.tensor(-3), 0))):
@@ -357,6 +394,10 @@ def test_module_state_dict_records_the_stream_version():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SparseJL(40, 12).load_state_dict(m.state_dict())
+        # a non-strict load that has nothing for this module: no warning, nothing changes
+        model = torch.nn.Sequential(torch.nn.Linear(40, 40), SparseJL(40, 12, seed=7))
+        model.load_state_dict({"0.weight": torch.zeros(40, 40), "0.bias": torch.zeros(40)}, strict=False)
+        assert int(model[1].seed) == 7
 
 
 # ---------------------------------------------------------------------------
@@ -440,9 +481,14 @@ def test_cuda_matrix_matches_spec(density):
         expected = torch.from_numpy(spec_matrix(k, d, seed, density))
         got = jl_matrix(k, d, seed, density=density, dtype=torch.float64, device="cuda").cpu()
         assert_bitwise_equal(got, expected, f"seed={seed}")
-        x = torch.randn(3, d, dtype=torch.float64)
-        y = sparse_jl(x.cuda(), k, seed, density=density).cpu()
-        torch.testing.assert_close(y, x @ expected.T, rtol=1e-12, atol=1e-12)
+        for rows in (3, 64):  # the nonzero walk, then dense tiles (forward and backward)
+            x = torch.randn(rows, d, dtype=torch.float64)
+            xc = x.cuda().requires_grad_()
+            y = sparse_jl(xc, k, seed, density=density)
+            torch.testing.assert_close(y.cpu(), x @ expected.T, rtol=1e-12, atol=1e-12)
+            g = torch.randn(rows, k, dtype=torch.float64)
+            y.backward(g.cuda())
+            torch.testing.assert_close(xc.grad.cpu(), g @ expected, rtol=1e-12, atol=1e-12)
 
 
 @cuda

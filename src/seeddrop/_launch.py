@@ -62,9 +62,9 @@ class FastKernel:
         self.names = fn.arg_names
         self.pointer_positions = tuple(i for i, name in enumerate(self.names) if name.endswith("_ptr"))
         unspecialized = getattr(fn, "do_not_specialize", None) or getattr(fn, "kwargs", {}).get("do_not_specialize")
-        unspecialized = set(unspecialized or ())  # (the interpreter's function keeps it in kwargs)
+        unspecialized = set(unspecialized or ())  # names or indices (the interpreter keeps them in kwargs)
         self.key_positions = tuple(i for i, name in enumerate(self.names)
-                                   if not name.endswith("_ptr") and name not in unspecialized)
+                                   if not name.endswith("_ptr") and name not in unspecialized and i not in unspecialized)
         self.compiled = {}
 
     def launch_keyed(self, grid: int, args: tuple, num_warps: int, **options) -> None:
@@ -78,7 +78,7 @@ class FastKernel:
             return
         call, alignment = raw_pointer_args(args, self.pointer_positions)
         device = args[0].get_device()
-        full_key = (key, num_warps, device, alignment, *options.values())
+        full_key = (key, num_warps, device, alignment, *options.items())
         entry = self.compiled.get(full_key)
         if entry is None or _hooks_installed():
             kernel = self._jit_launch(grid, args, num_warps, options)

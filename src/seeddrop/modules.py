@@ -88,12 +88,13 @@ class SparseJL(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "stream_version"
         version = state_dict.get(key)
-        if version is None or int(version) != self.STREAM_VERSION:
+        if prefix + "seed" in state_dict and (version is None or (not version.is_meta
+                                                                  and int(version) != self.STREAM_VERSION)):
             found = "none (saved before 2026-11-30: version 1)" if version is None else int(version)
             warnings.warn(f"SparseJL state_dict with projection stream version {found}; this seeddrop "
                           f"generates S with version {self.STREAM_VERSION}, so the same seed gives another "
                           f"projection (docs/sparse_jl.md)", stacklevel=2)
-            state_dict[key] = torch.tensor(self.STREAM_VERSION)
+            state_dict[key] = self.stream_version.detach().clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -169,7 +169,7 @@ if HAS_TRITON:
         Philox call that holds draw s (call 0's w3 as d3 for s = 0)."""
         word = (s + 3) % 4
         draw = tl.where(word < 2, tl.where(word == 0, d0, d1), tl.where(word == 2, d2, d3))
-        i = 64 - draws + s
+        i = 64 - draws + s  # i, t > 63 only in cells past their last step: discarded below
         t = (draw.to(tl.uint64) * (i + 1).to(tl.uint64)) >> 32
         bit_t = tl.full(cell.shape, 1, tl.uint64) << t
         bit_i = tl.full(cell.shape, 1, tl.uint64) << (i & 63).to(tl.uint64)

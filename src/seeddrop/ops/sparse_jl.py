@@ -90,13 +90,16 @@ _TABLES: dict = {}
 
 
 def count_table_tensor(density: float, device: torch.device) -> torch.Tensor:
-    """stream.count_table(density) as an int64 tensor on `device`, cached (a kernel argument:
-    built once per density and device, so CUDA-graph replays and compiled calls reuse it)."""
+    """stream.count_table(density) as an int64 tensor on `device` (1 KiB), made on first use
+    and kept for the life of the process: a captured CUDA graph holds its address, so it is
+    never freed. Making it is a host-to-device copy, which a capturing stream does not allow:
+    call sparse_jl once per density before capturing (as Triton's first compile requires)."""
     key = (density, device)
     table = _TABLES.get(key)
     if table is None:
-        if len(_TABLES) >= 256:
-            _TABLES.clear()
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"sparse_jl with density {density} is first called during CUDA-graph capture; "
+                               "call it once before capturing (it creates a small device table on first use)")
         table = _TABLES[key] = torch.tensor(stream.count_table(density), dtype=torch.int64, device=device)
     return table
 
