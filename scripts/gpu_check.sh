@@ -33,6 +33,7 @@ if [[ " $parts " == *" tune "* ]]; then
   python benchmarks/profile_gpt2.py --out "$RESULTS" --no-eager 2>&1 | tee "$RESULTS/profile_gpt2.log" | tail -n 3
   python benchmarks/tune_variational.py 2>&1 | tee "$RESULTS/tune_variational.log"
   python benchmarks/tune_dropout_add.py 2>&1 | tee "$RESULTS/tune_dropout_add.log"
+  python benchmarks/tune_sparse_jl.py 2>&1 | tee "$RESULTS/tune_sparse_jl.log"
 fi
 if [[ " $parts " == *" ab "* ]]; then
   i=0
