@@ -3,8 +3,9 @@ what one call costs on the host.
 
 python benchmarks/tune_sparse_jl.py
 1. For d = 49152 -> 1024 and d = 4096 -> 256 and B in 2, 8, 16, 32: cuBLAS `x @ R.T`, the
-   dense-tile kernel (default config) and the nonzero walk (block_j 8 and 16), do_bench
-   medians in us. GATHER_MAX_ROWS comes from here.
+   dense-tile kernel (default config) and the nonzero walk (block_j x block_g: the plan's
+   block_g and 16 / 32 cells per step), do_bench medians in us. GATHER_MAX_ROWS and
+   gather_plan's block sizes come from here.
 2. Host time per call (a timed loop of 200 calls without sync) and do_bench of the public
    call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
 """
@@ -31,8 +32,8 @@ def kernel_by_batch(dev):
             cfg = J.default_config(batch, k, d, x.dtype, dev)
             row = [f"cuBLAS {us(lambda: x @ r.T):.1f}",
                    f"dense {us(lambda: J.launch_project(x, out, params, seed, True, cfg)):.1f}"]
-            for block_j in (8, 16):
-                plan = J.gather_plan(batch, k, d, dev, block_j)
+            for block_j, block_g in ((8, 0), (16, 0), (8, 16), (8, 32), (16, 16)):  # 0: the plan's choice
+                plan = J.gather_plan(batch, k, d, dev, block_j, block_g)
                 row.append(f"walk{tuple(plan)[:2]} {us(lambda: J.launch_gather(x, out, params, seed, plan)):.1f}")
             print(f"d={d} B={batch}: " + " ".join(row) + " us", flush=True)
 
