@@ -165,8 +165,12 @@ if HAS_TRITON:
 
     @triton.jit
     def _floyd_step(seed, cell, chosen, draws, s, d0, d1, d2, d3):
-        """Step s of Floyd's algorithm on the cells with `draws` > s; d0..d3: the words of the
-        Philox call that holds draw s (call 0's w3 as d3 for s = 0)."""
+        """Step s of Floyd's algorithm on the cells with `draws` > s. d0..d3: the words of the
+        Philox call that holds draw s - 1 (call 0's w3 as d3 before step 0); they are replaced
+        by the next call's words where draw s starts one (s = 1, 5, 9, ...). Returns
+        (chosen, d0, d1, d2, d3)."""
+        if s % 4 == 1:
+            d0, d1, d2, d3 = philox_words(seed, cell + (1 + (s - 1) // 4))
         word = (s + 3) % 4
         draw = tl.where(word < 2, tl.where(word == 0, d0, d1), tl.where(word == 2, d2, d3))
         i = 64 - draws + s  # i, t > 63 only in cells past their last step: discarded below
@@ -174,7 +178,7 @@ if HAS_TRITON:
         bit_t = tl.full(cell.shape, 1, tl.uint64) << t
         bit_i = tl.full(cell.shape, 1, tl.uint64) << (i & 63).to(tl.uint64)
         add = tl.where((chosen & bit_t) != 0, bit_i, bit_t)
-        return tl.where(s < draws, chosen | add, chosen)
+        return tl.where(s < draws, chosen | add, chosen), d0, d1, d2, d3
 
     @triton.jit
     def cell_masks_tile(seed, cell, table_ptr, UNROLLED: tl.constexpr = 0):
@@ -193,16 +197,12 @@ if HAS_TRITON:
         chosen = tl.zeros(cell.shape, tl.uint64)
         d0, d1, d2, d3 = w3, w3, w3, w3  # draw 0 is call 0's w3, then 4 per call
         for first in tl.static_range(UNROLLED):
-            if first % 4 == 1:
-                d0, d1, d2, d3 = philox_words(seed, cell + (1 + (first - 1) // 4))
-            chosen = _floyd_step(seed, cell, chosen, draws, first, d0, d1, d2, d3)
+            chosen, d0, d1, d2, d3 = _floyd_step(seed, cell, chosen, draws, first, d0, d1, d2, d3)
         last = tl.max(draws)
         if last > UNROLLED:
             s = UNROLLED
             while s < last:
-                if s % 4 == 1:
-                    d0, d1, d2, d3 = philox_words(seed, cell + (1 + (s - 1) // 4))
-                chosen = _floyd_step(seed, cell, chosen, draws, s, d0, d1, d2, d3)
+                chosen, d0, d1, d2, d3 = _floyd_step(seed, cell, chosen, draws, s, d0, d1, d2, d3)
                 s += 1
         mask = tl.where(count > 32, chosen ^ 0xFFFFFFFFFFFFFFFF, chosen)
         sigma = (w2.to(tl.uint64) << 32) | w1.to(tl.uint64)
