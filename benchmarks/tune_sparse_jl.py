@@ -1,14 +1,16 @@
 """Plan sweeps behind sparse_jl's defaults (GPU): which kernel for how many rows of x, and
 what one call costs on the host.
 
-python benchmarks/tune_sparse_jl.py
-1. For d = 49152 -> 1024 and d = 4096 -> 256 and B in 2, 8, 16, 32: cuBLAS `x @ R.T`, the
-   dense-tile kernel (default config) and the nonzero walk (block_j x block_g: the plan's
-   block_g and 16 / 32 cells per step), do_bench medians in us. GATHER_MAX_ROWS and
-   gather_plan's block sizes come from here.
-2. Host time per call (a timed loop of 200 calls without sync) and do_bench of the public
-   call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
+python benchmarks/tune_sparse_jl.py [walk] [host]
+1. walk: for d = 49152 -> 1024 (and a few plans at d = 4096 -> 256), B in 1 .. 64:
+   cuBLAS `x @ R.T`, the dense-tile kernel (its default config) and the nonzero walk over
+   tiles of block_j rows of S x block_g cells x block_m rows of x (4096 or 2048 values),
+   with the default splits and twice as many. do_bench medians in us, the best five walks per case. GATHER_MAX_ROWS and gather_plan's
+   block sizes come from here.
+2. host: host time per call (a timed loop of 200 calls without sync) and do_bench of the
+   public call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
 """
+import sys
 import time
 
 import torch
@@ -22,20 +24,42 @@ def us(fn) -> float:
     return 1e3 * do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def kernel_by_batch(dev):
-    for d, k in [(49152, 1024), (4096, 256)]:
-        for batch in (2, 8, 16, 32):
+def walk_plans(batch, k, d, dev):
+    yield J.gather_plan(batch, k, d, dev)
+    block_ms = sorted({min(64, J._pow2(batch, 1, 64) >> s) for s in range(4)} - {0})
+    for block_m in block_ms:
+        for block_j in (8, 16, 32):
+            for values in (2048, 4096):
+                block_g = values // (block_j * block_m)
+                if not 1 <= block_g <= 64:
+                    continue
+                plan = J.gather_plan(batch, k, d, dev, block_j, block_g, 0, block_m)
+                for mult in (1, 2):
+                    splits = min(J.cdiv(d, 64 * block_g), plan.splits * mult)
+                    yield J.gather_plan(batch, k, d, dev, block_j, block_g, splits, block_m)
+
+
+def walk(dev):
+    for d, k, batches in [(49152, 1024, (1, 4, 8, 16, 32, 64)), (4096, 256, (1, 64))]:
+        for batch in batches:
             x = torch.randn(batch, d, device=dev, dtype=torch.bfloat16)
             r = J.jl_matrix(k, d, 5, dtype=torch.bfloat16, device=dev)
             params, seed = J.jl_params(k, d), J.Seed(None, 5)
             out = torch.empty(batch, k, device=dev, dtype=x.dtype)
+            ref = x.float() @ r.float().T
             cfg = J.default_config(batch, k, d, x.dtype, dev)
-            row = [f"cuBLAS {us(lambda: x @ r.T):.1f}",
-                   f"dense {us(lambda: J.launch_project(x, out, params, seed, True, cfg)):.1f}"]
-            for block_j, block_g in ((8, 0), (16, 0), (8, 16), (8, 32), (16, 16)):  # 0: the plan's choice
-                plan = J.gather_plan(batch, k, d, dev, block_j, block_g)
-                row.append(f"walk{tuple(plan)[:2]} {us(lambda: J.launch_gather(x, out, params, seed, plan)):.1f}")
-            print(f"d={d} B={batch}: " + " ".join(row) + " us", flush=True)
+            head = f"cuBLAS {us(lambda: x @ r.T):.1f} dense {us(lambda: J.launch_project(x, out, params, seed, True, cfg)):.1f}"
+            res = []
+            for plan in dict.fromkeys(walk_plans(batch, k, d, dev)):
+                J.launch_gather(x, out, params, seed, plan)
+                err = (out.float() - ref).abs().max().item()
+                assert err < 0.05 * ref.abs().max().item() + 1e-3, (plan, err)
+                res.append((us(lambda: J.launch_gather(x, out, params, seed, plan)), plan))
+            auto = res[0]
+            res.sort(key=lambda t: t[0])
+            fmt = lambda t: f"{t[0]:.1f} (j{t[1].block_j} g{t[1].block_g} m{t[1].block_m} s{t[1].splits})"  # noqa: E731
+            print(f"d={d} B={batch}: {head} | walk default {fmt(auto)} | best " + ", ".join(map(fmt, res[:5])),
+                  flush=True)
 
 
 def host_time(dev):
@@ -63,5 +87,8 @@ def host_time(dev):
 
 if __name__ == "__main__":
     device = torch.device("cuda")
-    kernel_by_batch(device)
-    host_time(device)
+    parts = sys.argv[1:] or ["walk", "host"]
+    if "walk" in parts:
+        walk(device)
+    if "host" in parts:
+        host_time(device)

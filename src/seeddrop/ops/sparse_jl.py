@@ -42,7 +42,7 @@ from .._library import define_op
 
 MAX_IN_FEATURES = 1 << 32  # cells g < 2**26 (stream.CELL_SHIFT)
 MAX_OUT_FEATURES = (1 << 31) - 1
-GATHER_MAX_ROWS = 8  # forward calls with at most this many rows of x walk S's nonzeros
+GATHER_MAX_ROWS = 32  # forward calls with at most this many rows of x walk S's nonzeros
 _REF_CHUNK = 1 << 21  # entries of S per chunk in the PyTorch reference
 
 
@@ -277,14 +277,15 @@ if stream.HAS_TRITON:
         PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
         BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
     ):
-        """out[m, j] = sum_c a[m, c] * S[j, c] for all M <= BLOCK_M rows of a, BLOCK_J rows
-        j of S and the cells of one split: walks each cell's nonzero bits (lowest first)
-        and loads a at those columns only. Forward only (out: contiguous [M, N])."""
+        """out[m, j] = sum_c a[m, c] * S[j, c] for BLOCK_M rows m of a, BLOCK_J rows j of S
+        and the cells of one split: walks each cell's nonzero bits (lowest first) and loads a
+        at those columns only. Forward only (out: contiguous [M, N])."""
         pid = tl.program_id(0).to(tl.int64)
         n_j = tl.cdiv(N, BLOCK_J)
+        n_m = tl.cdiv(M, BLOCK_M)
         rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
-        split = pid // n_j
-        offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_m = ((pid // n_j) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        split = pid // (n_j * n_m)
         seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
         ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
         acc = tl.zeros([BLOCK_J, BLOCK_G, BLOCK_M], ACC)
@@ -431,42 +432,46 @@ def _reduce_partials(part, out, splits, scale):
 
 
 class GatherPlan(NamedTuple):
-    """_jl_gather_kernel's tiling: block_j rows of S x block_g cells per step, cells split
-    over `splits` programs per row block (fp32 / fp64 partials summed by _jl_reduce_kernel)."""
+    """_jl_gather_kernel's tiling: block_j rows of S x block_g cells x block_m rows of x per
+    step, cells split over `splits` programs per (row block of S, row block of x) (fp32 /
+    fp64 partials summed by _jl_reduce_kernel)."""
 
     block_j: int
     block_g: int
     cells_per_split: int
     splits: int
     num_warps: int = 4
+    block_m: int = 1
 
 
 @functools.lru_cache(maxsize=1024)
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
-                splits: int = 0) -> GatherPlan:
-    """About 4 programs per SM, each walking >= 2 steps of cells (or the given values); the
-    [block_j, block_g, rows of x] tile of loaded values stays at <= 16 registers a thread."""
+                splits: int = 0, block_m: int = 0) -> GatherPlan:
+    """Tiles of 2048 values (4096 from 32 rows of x on), 4 programs per SM for one row of x
+    and 8 for more, each walking >= 2 steps of cells (or the given values; H200 sweep in
+    docs/sparse_jl.md)."""
     cells = cdiv(R, stream.CELL)
+    block_m = block_m or _pow2(M, 1, 32)
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
-        block_j, block_g = block_j or (8 if M == 1 else 16), block_g or max(1, 32 // _pow2(M, 1, 64))
-        if not splits:
-            splits = max(1, min(cdiv(4 * sm_count(device), cdiv(N, block_j)),
-                                cdiv(cells, 2 * block_g)))
+        block_j = block_j or (8 if block_m <= 16 else 32)
+        block_g = block_g or max(1, (2048 if block_m <= 16 else 4096) // (block_j * block_m))
+        if not splits:  # fp32 partials of at most 8 MiB, as split_plan
+            programs = (4 if M == 1 else 8) * sm_count(device)
+            splits = max(1, min(cdiv(programs, cdiv(N, block_j) * cdiv(M, block_m)),
+                                cdiv(cells, 2 * block_g), (8 << 20) // (4 * M * N)))
     per_split = cdiv(cdiv(cells, splits), block_g) * block_g
-    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split))
+    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split), 4, block_m)
 
 
 def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed,
                   plan: Optional[GatherPlan] = None) -> torch.Tensor:
-    """out[M, N] = a[M, R] @ S.T (forward, M <= 64 rows: the kernel keeps all of them) by
-    walking S's nonzeros (_jl_gather_kernel). a: 2-D, any strides (several rows are read
-    from a column-major copy, so one nonzero's M values are contiguous); out: contiguous [M, N]."""
+    """out[M, N] = a[M, R] @ S.T (forward) by walking S's nonzeros (_jl_gather_kernel).
+    a: 2-D, any strides (several rows are read from a column-major copy, so one nonzero's
+    values in a block of rows are contiguous); out: contiguous [M, N]."""
     M, R = a.shape
     N = out.shape[1]
-    if M > 64:
-        raise ValueError(f"launch_gather takes at most 64 rows of x, got {M}")
     if M == 0:
         return out
     if M > 1 and a.stride(0) != 1:
@@ -474,11 +479,11 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
     plan = plan or gather_plan(M, N, R, a.device)
     part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
-    _GATHER.launch_keyed(cdiv(N, plan.block_j) * plan.splits, (
+    _GATHER.launch_keyed(cdiv(N, plan.block_j) * cdiv(M, plan.block_m) * plan.splits, (
         a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
         M, N, R, plan.cells_per_split, a.stride(0), a.stride(1), M * N, *scale,
         part is not None, seed.tensor is not None, not a.is_cuda,  # PARTIAL SEED_FROM_PTR SOFTWARE_BF16
-        plan.block_j, plan.block_g, _pow2(M, 1, 64)), plan.num_warps)
+        plan.block_j, plan.block_g, plan.block_m), plan.num_warps)
     return _reduce_partials(part, out, plan.splits, scale)
 
 
