@@ -323,7 +323,7 @@ def test_non_finite_inputs_follow_the_kernel():
     a nonzero in its column; the dense tiles and the reference multiply S's zeros too
     (0 * inf = nan in every other output of that row of x)."""
     k, d, seed = 16, 256, 3
-    x = torch.randn(9, d)
+    x = torch.randn(J.GATHER_MAX_ROWS + 1, d)
     x[:, 5] = float("inf")
     s = jl_matrix(k, d, seed, density=0.1, dtype=torch.float64)
     hit = s[:, 5] != 0
@@ -331,9 +331,11 @@ def test_non_finite_inputs_follow_the_kernel():
     dense = J.project_reference(x, J.jl_params(k, d, 0.1), Seed(None, seed), True)
     assert bool((~dense.isfinite()).all()) and bool(dense[:, ~hit].isnan().all())
     if J.use_triton(x):
-        few = sparse_jl(x[:8], k, seed, density=0.1)
+        few = sparse_jl(x[:J.GATHER_MAX_ROWS], k, seed, density=0.1)  # the nonzero walk
         assert bool((~few.isfinite() == hit[None, :]).all())
         assert bool(few[:, ~hit].isfinite().all())
+        many = sparse_jl(x, k, seed, density=0.1)  # dense tiles
+        assert bool((~many.isfinite()).all()) and bool(many[:, ~hit].isnan().all())
 
 
 @needs_interpreter
