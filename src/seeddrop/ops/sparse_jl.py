@@ -564,13 +564,14 @@ def sparse_jl_reference(x: torch.Tensor, out_features: int, seed, *, density=Non
 def _project(x: torch.Tensor, params: JLParams, seed: Seed, forward: bool) -> torch.Tensor:
     """x[..., R] -> x @ op(S) [..., N] for a validated call (kernels or reference)."""
     n_out = params.out_features if forward else params.in_features
-    a = x.reshape(-1, x.shape[-1])  # a view when the leading dims collapse, else a copy
+    flat = x.dim() == 2  # the common case: no reshapes (host time per call)
+    a = x if flat else x.reshape(-1, x.shape[-1])  # a view when the leading dims collapse, else a copy
     if use_triton(x):
         out = torch.empty((a.shape[0], n_out), dtype=x.dtype, device=x.device)
         launch_project(a, out, params, seed, forward)
     else:
         out = project_reference(a, params, seed, forward)
-    return out.reshape(*x.shape[:-1], n_out)
+    return out if flat else out.reshape(*x.shape[:-1], n_out)
 
 
 class SparseJLFunction(torch.autograd.Function):
