@@ -5,8 +5,8 @@ python benchmarks/tune_sparse_jl.py [walk] [host]
 1. walk: for d = 49152 -> 1024 (and a few plans at d = 4096 -> 256), B in 1 .. 64:
    cuBLAS `x @ R.T`, the dense-tile kernel (its default config) and the nonzero walk over
    tiles of block_j rows of S x block_g cells x block_m rows of x (4096 or 2048 values),
-   with the default splits and twice as many. do_bench medians in us, the best five walks per case. GATHER_MAX_ROWS and gather_plan's
-   block sizes come from here.
+   with the default splits and twice as many. do_bench medians in us, the best five walks
+   per case. GATHER_MAX_ROWS and gather_plan's block sizes come from here.
 2. host: host time per call (a timed loop of 200 calls without sync) and do_bench of the
    public call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
 """
