@@ -208,7 +208,7 @@ def main():
         f.write(f"Device: {device}, torch {torch.__version__}\n\n{table}\n\n")
         f.write("S bytes = peak - before - output - split partials of one call (torch.cuda memory stats); "
                 "config tuple = (block_m, block_n, block_r, num_warps, num_stages, swap); "
-                "gather tuple = (block_j, block_g, cells_per_split, splits, num_warps).\n\n")
+                "gather tuple = (block_j, block_g, cells_per_split, splits, num_warps, block_m).\n\n")
         for r in rows:
             f.write(f"- {r['shape']}: " + "; ".join(str(r[key]) for key in r if key.startswith("variant")) + "\n")
     print(table)

@@ -290,6 +290,7 @@ def test_kernels_match_reference(dtype):
     for m, (block_j, block_g, splits, block_m, slots), seed in (
             (1, (16, 1, 3, 0, 0), value_seed), (5, (32, 2, 1, 0, 0), tensor_seed),
             (21, (8, 4, 2, 8, 0), value_seed), (21, (8, 2, 1, 32, 0), tensor_seed),
+            (21, (16, 1, 3, 8, 0), value_seed),  # 3 row blocks of x x 3 splits, a tail of S's rows
             (21, (16, 8, 1, 16, 64), value_seed), (5, (16, 2, 2, 32, 16), tensor_seed)):
         ref = J.project_reference(a_fwd[:m], params, seed, True)
         out = torch.full(ref.shape, float("nan"), dtype=dtype)
@@ -305,12 +306,14 @@ def test_kernels_match_reference(dtype):
 def test_kernels_match_reference_in_dense_cells(dtype):
     """rho > 1/2: Floyd's algorithm picks the zeros and the mask is complemented (cells with
     up to 64 nonzeros), through both kernels: the nonzero walk (3 rows of x) and the dense
-    tiles (21 rows, and the backward)."""
+    tiles (GATHER_MAX_ROWS + 1 rows, and the backward)."""
     torch.manual_seed(10)
     params = J.jl_params(24, 200, 0.7)
     seed = Seed(None, 123)
     atol = 1e-5
-    for forward, a in ((True, torch.randn(3, 200)), (True, torch.randn(21, 200)), (False, torch.randn(21, 24))):
+    dense_rows = J.GATHER_MAX_ROWS + 1
+    for forward, a in ((True, torch.randn(3, 200)), (True, torch.randn(dense_rows, 200)),
+                       (False, torch.randn(21, 24))):
         a = a.to(dtype)
         ref = J.project_reference(a, params, seed, forward)
         out = torch.full(ref.shape, float("nan"), dtype=dtype)
@@ -503,18 +506,17 @@ def test_cuda_matrix_matches_spec(density):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("m", [1, 8, 64])
+@pytest.mark.parametrize("m", [1, 8, 21, 64])
 def test_cuda_gather_plans_match_spec(m):
-    """The nonzero walk (and the compacting walk) on the GPU with row blocks of x and splits,
-    against x @ S.T with S from the NumPy spec (fp64: exact to rounding)."""
+    """The nonzero walk (and the compacting walk) on the GPU with row blocks of x (with
+    tails) and splits, against x @ S.T with S from the NumPy spec (fp64: exact to rounding)."""
     k, d, seed = 200, 5000, 2**33 + 1
     s64 = torch.from_numpy(spec_matrix(k, d, seed, 0.05))
     x = torch.randn(m, d, dtype=torch.float64)
     ref = x @ s64.T
     params = J.jl_params(k, d, 0.05)
-    for block_j, block_g, splits, block_m, slots in ((0, 0, 0, 0, 0), (16, 4, 3, max(1, m // 4), 0),
-                                                     (8, 2, 1, max(1, m // 2), 0), (16, 8, 2, 16, 64),
-                                                     (32, 4, 1, 64, 32)):
+    for block_j, block_g, splits, block_m, slots in ((0, 0, 0, 0, 0), (16, 4, 3, 8, 0), (8, 2, 1, 16, 0),  # tails
+                                                     (16, 8, 2, 16, 64), (32, 4, 1, 64, 32)):
         plan = J.gather_plan(m, k, d, torch.device("cuda"), block_j, block_g, splits, block_m, slots)
         out = torch.full((m, k), float("nan"), dtype=torch.float64, device="cuda")
         J.launch_gather(x.cuda(), out, params, Seed(None, seed), plan)

@@ -147,12 +147,14 @@ _CONFIGS = {}
 # Shared dims (S > 1) on CUDA: (tile elements, num_warps) by itemsize, and programs wanted per
 # SM when S is split across programs. Sweep on an H100 (benchmarks/tune_variational.py,
 # [N, 64, 768] shared over N, N = 2048 / 8192): many programs (the mask tile regenerated
-# for every one or two slices) beat long loops over S. `seeddrop bench` afterwards:
-# 0.99-1.01x copy in every dtype, against up to 1.02x (fp32) / 1.04x (fp64) with 256.
-# H200 (2026-12-01, public call, x3 each): bf16 N = 2048 / 8192 at (2048, 4) 1.005 / 1.02x
-# copy, at (2048, 8) (the H100's choice) 1.10-1.14x through `seeddrop bench`; fp32 at
-# (4096, 8) 1.01 / 1.01x, at (2048, 8) 1.03 / 1.05x, at (1024, 8) 1.14 / 1.01x; fp64 at
-# (4096, 4) 1.04 / 1.03x, no better tile among 1024-8192 elements and 4 / 8 warps.
+# for every one or two slices) beat long loops over S. `seeddrop bench` afterwards, with
+# (2048, 8) for itemsize <= 4: 0.99-1.01x copy in every dtype. The table is not per device;
+# since 2026-12-01 it holds the H200's choice (the device the project is lent), not
+# re-measured on an H100. H200 (public call, x3 each): bf16 N = 2048 / 8192 at (2048, 4)
+# 1.005 / 1.02x copy, at (2048, 8) 1.10-1.14x through `seeddrop bench`; fp32 at (4096, 8)
+# 1.01 / 1.01x, (1024, 4) 1.00 / 1.02x, (2048, 8) 1.03 / 1.05x, (1024, 8) 1.14 / 1.01x; fp64
+# at (4096, 4) 1.04 / 1.03x, no better tile among 1024-8192 elements and 4 / 8 warps.
+# (Itemsize 1 follows 16-bit; no float dtype has it, and mask-only calls have S = 1.)
 SHARED_DIMS_TILES = {1: (2048, 4), 2: (2048, 4), 4: (4096, 8), 8: (4096, 4)}
 PROGRAMS_PER_SM = 1024
 

@@ -511,15 +511,16 @@ class GatherPlan(NamedTuple):
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
                 splits: int = 0, block_m: int = 0, slots: int = 0) -> GatherPlan:
     """Tiles of 8 x 32 cells for one row of x (4 programs per SM), else 2048 values (4096
-    from 32 rows of x on; 8 programs per SM), each program walking >= 2 steps of cells (or
-    the given values; H200 sweep in docs/sparse_jl.md)."""
+    from 17 rows of x on, when block_m is 32; at most 64 cells per row of S; 8 programs per
+    SM), each program walking >= 2 steps of cells (or the given values; H200 sweep in
+    docs/sparse_jl.md). Partials: at most 8 MiB in fp32 (16 MiB for fp64 x)."""
     cells = cdiv(R, stream.CELL)
     block_m = block_m or _pow2(M, 1, 32)
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
         block_j = block_j or (8 if block_m <= 16 else 32)
-        block_g = block_g or (32 if M == 1 else max(1, (2048 if block_m <= 16 else 4096) // (block_j * block_m)))
+        block_g = block_g or (32 if M == 1 else min(64, max(1, (2048 if block_m <= 16 else 4096) // (block_j * block_m))))
         if not splits:  # fp32 partials of at most 8 MiB, as split_plan
             programs = (4 if M == 1 else 8) * sm_count(device)
             splits = max(1, min(cdiv(programs, cdiv(N, block_j) * cdiv(M, block_m)),
