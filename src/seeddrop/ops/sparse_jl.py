@@ -270,6 +270,26 @@ if stream.HAS_TRITON:
             s += 1
         _store(acc, out_ptr, offs, live, 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
+    @triton.jit
+    def _walk_program(M, N, BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr):
+        """(rows of S [BLOCK_J], rows of a [BLOCK_M], split) of this program of a walk kernel:
+        the program id runs over row blocks of S, then of a, then splits of the cells."""
+        pid = tl.program_id(0).to(tl.int64)
+        n_j = tl.cdiv(N, BLOCK_J)
+        n_m = tl.cdiv(M, BLOCK_M)
+        rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
+        offs_m = ((pid // n_j) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        return rows, offs_m, pid // (n_j * n_m)
+
+    @triton.jit
+    def _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G: tl.constexpr):
+        """The cells g .. g + BLOCK_G - 1 of `rows`: (cells [BLOCK_G], mask, sigma, count
+        [BLOCK_J, BLOCK_G]), mask and count zero outside S and past g_end."""
+        cells = g + tl.arange(0, BLOCK_G).to(tl.int64)
+        mask, sigma, count = _cells(seed, rows, cells, table_ptr)
+        live = (rows[:, None] < N) & (cells[None, :] < g_end)
+        return cells, tl.where(live, mask, 0), sigma, tl.where(live, count, 0)
+
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_gather_kernel(
         a_ptr, out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, M, N, R, cells_per_split,
@@ -280,23 +300,15 @@ if stream.HAS_TRITON:
         """out[m, j] = sum_c a[m, c] * S[j, c] for BLOCK_M rows m of a, BLOCK_J rows j of S
         and the cells of one split: walks each cell's nonzero bits (lowest first) and loads a
         at those columns only. Forward only (out: contiguous [M, N])."""
-        pid = tl.program_id(0).to(tl.int64)
-        n_j = tl.cdiv(N, BLOCK_J)
-        n_m = tl.cdiv(M, BLOCK_M)
-        rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
-        offs_m = ((pid // n_j) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        split = pid // (n_j * n_m)
+        rows, offs_m, split = _walk_program(M, N, BLOCK_J, BLOCK_M)
         seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
         ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
         acc = tl.zeros([BLOCK_J, BLOCK_G, BLOCK_M], ACC)
         g = split * cells_per_split
         g_end = tl.minimum(g + cells_per_split, tl.cdiv(R, 64))
         while g < g_end:
-            cells = g + tl.arange(0, BLOCK_G).to(tl.int64)
-            mask, sigma, count = _cells(seed, rows, cells, table_ptr)
-            live = (rows[:, None] < N) & (cells[None, :] < g_end)
-            mask = tl.where(live, mask, 0)
-            left = tl.max(tl.where(live, count, 0))
+            cells, mask, sigma, count = _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G)
+            left = tl.max(count)
             while left > 0:
                 low = mask & (0 - mask)  # lowest set bit; its index from the float64 exponent
                 col = cells[None, :] * 64 + ((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023)
@@ -324,12 +336,7 @@ if stream.HAS_TRITON:
         with one tl.dot of a +-1 / 0 slot-to-row matrix: work follows the nonzeros, not the
         fullest cell of the tile. Forward only (out: contiguous [M, N])."""
         K: tl.constexpr = BLOCK_J * BLOCK_G
-        pid = tl.program_id(0).to(tl.int64)
-        n_j = tl.cdiv(N, BLOCK_J)
-        n_m = tl.cdiv(M, BLOCK_M)
-        rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
-        offs_m = ((pid // n_j) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        split = pid // (n_j * n_m)
+        rows, offs_m, split = _walk_program(M, N, BLOCK_J, BLOCK_M)
         seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
         ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
         acc = tl.zeros([BLOCK_J, BLOCK_M], ACC)
@@ -337,11 +344,9 @@ if stream.HAS_TRITON:
         g = split * cells_per_split
         g_end = tl.minimum(g + cells_per_split, tl.cdiv(R, 64))
         while g < g_end:
-            cells = g + tl.arange(0, BLOCK_G).to(tl.int64)
-            mask, sigma, count = _cells(seed, rows, cells, table_ptr)
-            live = (rows[:, None] < N) & (cells[None, :] < g_end)
-            count = tl.reshape(tl.where(live, count, 0), [K])
-            mask = tl.reshape(tl.where(live, mask, 0), [K])
+            _, mask, sigma, count = _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G)
+            count = tl.reshape(count, [K])
+            mask = tl.reshape(mask, [K])
             sigma = tl.reshape(sigma, [K])
             ends = tl.cumsum(count, axis=0)  # inclusive: cell k's nonzeros are slots ends[k] - count[k] ..
             total = tl.sum(count, axis=0)
