@@ -248,14 +248,13 @@ if stream.HAS_TRITON:
             n_c = tl.cdiv(C, BLOCK_G * 8)
         rows, gcols, off, valid, col, groups = _tile(pid // n_c, pid % n_c, R, C, N, FLAT, BLOCK_R, BLOCK_G)
         z = tl.load(x_ptr + off, mask=valid, other=0.0).to(CDT)
-        residual = tl.load(res_ptr + off, mask=valid, other=0.0)  # issued with x's (no measured effect, H200)
         if HAS_BIAS:
             z += tl.load(bias_ptr + col, mask=col < C, other=0.0).to(CDT)
         a = _activation(z, ACT, SOFTWARE_BF16)
         if MASK != 0:
             a = a * _multiplier(rows, gcols, off, valid, col, groups, R, seed_ptr, seed_value, mask_ptr,
                                 mask_row_ptr, mask_col_stride, threshold, scale_hi, scale_lo, a, MASK, SEED_FROM_PTR)
-        y = residual.to(CDT) + a
+        y = tl.load(res_ptr + off, mask=valid, other=0.0).to(CDT) + a
         tl.store(out_ptr + off, round_to(y, out_ptr.dtype.element_ty, SOFTWARE_BF16), mask=valid)
 
     @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])

@@ -290,6 +290,13 @@ if stream.HAS_TRITON:
         live = (rows[:, None] < N) & (cells[None, :] < g_end)
         return cells, tl.where(live, mask, 0), sigma, tl.where(live, count, 0)
 
+    @triton.jit
+    def _lowest_bit(mask):
+        """(the lowest set bit of uint64 `mask` as a word, its index 0..63): the index from
+        the float64 exponent of the isolated bit. An empty mask gives (0, -1023)."""
+        low = mask & (0 - mask)
+        return low, (low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023
+
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_gather_kernel(
         a_ptr, out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, M, N, R, cells_per_split,
@@ -310,8 +317,8 @@ if stream.HAS_TRITON:
             cells, mask, sigma, count = _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G)
             left = tl.max(count)
             while left > 0:
-                low = mask & (0 - mask)  # lowest set bit; its index from the float64 exponent
-                col = cells[None, :] * 64 + ((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023)
+                low, bit = _lowest_bit(mask)
+                col = cells[None, :] * 64 + bit
                 take = (mask != 0) & (col < R)
                 v = tl.load(a_ptr + col[:, :, None] * a_sr + offs_m[None, None, :] * a_sm,
                             mask=take[:, :, None] & (offs_m < M)[None, None, :], other=0.0).to(ACC)
@@ -365,8 +372,8 @@ if stream.HAS_TRITON:
                 while r > 0:  # drop the rank lowest bits
                     bits = tl.where(rank >= r, bits & (bits - 1), bits)
                     r -= 1
-                low = bits & (0 - bits)
-                col = (g + (k % BLOCK_G)) * 64 + ((low.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023)
+                low, bit = _lowest_bit(bits)
+                col = (g + (k % BLOCK_G)) * 64 + bit
                 take = (t < total) & (col < R)
                 v = tl.load(a_ptr + col[:, None] * a_sr + offs_m[None, :] * a_sm,
                             mask=take[:, None] & (offs_m < M)[None, :], other=0.0)  # [SLOTS, BLOCK_M]
@@ -525,7 +532,9 @@ def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, 
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
         block_j = block_j or (8 if block_m <= 16 else 32)
-        block_g = block_g or (32 if M == 1 else min(64, max(1, (2048 if block_m <= 16 else 4096) // (block_j * block_m))))
+        if not block_g:
+            values = 2048 if block_m <= 16 else 4096
+            block_g = 32 if M == 1 else min(64, max(1, values // (block_j * block_m)))
         if not splits:  # fp32 partials of at most 8 MiB, as split_plan
             programs = (4 if M == 1 else 8) * sm_count(device)
             splits = max(1, min(cdiv(programs, cdiv(N, block_j) * cdiv(M, block_m)),
