@@ -150,7 +150,7 @@ if stream.HAS_TRITON:
         """act(z) with torch's formulas (in fp32 on the GPU with fast exp / division, within
         a few ulp); gelu_tanh uses 0.5 * (1 + tanh(u)) = sigmoid(2u)."""
         if ACT == 1:  # relu (NaN passes through, as in torch)
-            y = tl.where(z < 0, 0.0, z)
+            y = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
         elif ACT == 2:  # gelu (erf)
             y = z * _normal_cdf(z, INTERPRETER)
         elif ACT == 3:  # gelu_tanh
