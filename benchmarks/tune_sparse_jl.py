@@ -5,12 +5,11 @@ python benchmarks/tune_sparse_jl.py [walk] [host]
 1. walk: for d = 49152 -> 1024 (and a few plans at d = 4096 -> 256), B in 1 .. 64:
    cuBLAS `x @ R.T`, the dense-tile kernel (its default config) and the nonzero walk over
    tiles of block_j rows of S x block_g cells x block_m rows of x (4096 or 2048 values),
-   with the default splits and twice as many, and the compacting walk (slots > 0) for B >= 2.
+   with the default splits and twice as many.
    do_bench medians in us, the best five walks per case. GATHER_MAX_ROWS and gather_plan's block sizes come from here.
 2. host: host time per call (a timed loop of 200 calls without sync) and do_bench of the
    public call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
 """
-import itertools
 import sys
 import time
 
@@ -38,13 +37,6 @@ def walk_plans(batch, k, d, dev):
                 for mult in (1, 2):
                     splits = min(J.cdiv(d, 64 * block_g), plan.splits * mult)
                     yield J.gather_plan(batch, k, d, dev, block_j, block_g, splits, block_m)
-    if batch >= 2:  # the compacting walk (tl.dot: block_j, block_m >= 16)
-        for block_m in sorted({max(16, min(64, J._pow2(batch, 1, 64) >> s)) for s in range(2)}):
-            for (block_j, block_g), slots in itertools.product(((16, 8), (32, 4), (16, 16)), (32, 64)):
-                plan = J.gather_plan(batch, k, d, dev, block_j, block_g, 0, block_m, slots)
-                for mult in (1, 2):
-                    splits = min(J.cdiv(d, 64 * block_g), plan.splits * mult)
-                    yield J.gather_plan(batch, k, d, dev, block_j, block_g, splits, block_m, slots)
 
 
 def walk(dev):
@@ -65,7 +57,7 @@ def walk(dev):
                 res.append((us(lambda: J.launch_gather(x, out, params, seed, plan)), plan))
             auto = res[0]
             res.sort(key=lambda t: t[0])
-            fmt = lambda t: f"{t[0]:.1f} (j{t[1].block_j} g{t[1].block_g} m{t[1].block_m} s{t[1].splits} slots{t[1].slots})"  # noqa: E731
+            fmt = lambda t: f"{t[0]:.1f} (j{t[1].block_j} g{t[1].block_g} m{t[1].block_m} s{t[1].splits})"  # noqa: E731
             print(f"d={d} B={batch}: {head} | walk default {fmt(auto)} | best " + ", ".join(map(fmt, res[:5])),
                   flush=True)
 

@@ -286,15 +286,14 @@ def test_kernels_match_reference(dtype):
             torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol,
                                        msg=f"forward={forward} {cfg}")
     # the nonzero-walking forward: row blocks of S and of x with tails, several cells per
-    # step, splits; then the compacting walk (slots > 0: nonzeros listed, tl.dot per SLOTS)
-    for m, (block_j, block_g, splits, block_m, slots), seed in (
-            (1, (16, 1, 3, 0, 0), value_seed), (5, (32, 2, 1, 0, 0), tensor_seed),
-            (21, (8, 4, 2, 8, 0), value_seed), (21, (8, 2, 1, 32, 0), tensor_seed),
-            (21, (16, 1, 3, 8, 0), value_seed),  # 3 row blocks of x x 3 splits, a tail of S's rows
-            (21, (16, 8, 1, 16, 64), value_seed), (5, (16, 2, 2, 32, 16), tensor_seed)):
+    # step, splits
+    for m, (block_j, block_g, splits, block_m), seed in (
+            (1, (16, 1, 3, 0), value_seed), (5, (32, 2, 1, 0), tensor_seed),
+            (21, (8, 4, 2, 8), value_seed), (21, (8, 2, 1, 32), tensor_seed),
+            (21, (16, 1, 3, 8), value_seed)):  # 3 row blocks of x x 3 splits, a tail of S's rows
         ref = J.project_reference(a_fwd[:m], params, seed, True)
         out = torch.full(ref.shape, float("nan"), dtype=dtype)
-        plan = J.gather_plan(m, 40, 136, a_fwd.device, block_j, block_g, splits, block_m, slots)
+        plan = J.gather_plan(m, 40, 136, a_fwd.device, block_j, block_g, splits, block_m)
         J.launch_gather(a_fwd[:m], out, params, seed, plan)
         torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol, msg=f"gather m={m} {plan}")
     with pytest.raises(ValueError, match="multiple of 64"):
@@ -319,11 +318,6 @@ def test_kernels_match_reference_in_dense_cells(dtype):
         out = torch.full(ref.shape, float("nan"), dtype=dtype)
         J.launch_project(a, out, params, seed, forward)
         torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol, msg=f"{forward} {a.shape}")
-        if forward:  # the compacting walk: up to 64 bits per cell, several passes of slots
-            out.fill_(float("nan"))
-            plan = J.gather_plan(a.shape[0], 24, 200, a.device, 16, 4, 1, 16, 32)
-            J.launch_gather(a, out, params, seed, plan)
-            torch.testing.assert_close(out, ref, rtol=4 * _UNIT_ROUNDOFF[dtype], atol=atol, msg=f"compact {a.shape}")
 
 
 def test_non_finite_inputs_follow_the_kernel():
@@ -508,16 +502,15 @@ def test_cuda_matrix_matches_spec(density):
 @pytest.mark.cuda
 @pytest.mark.parametrize("m", [1, 8, 21, 64])
 def test_cuda_gather_plans_match_spec(m):
-    """The nonzero walk (and the compacting walk) on the GPU with row blocks of x (with
-    tails) and splits, against x @ S.T with S from the NumPy spec (fp64: exact to rounding)."""
+    """The nonzero walk on the GPU with row blocks of x (with tails) and splits, against
+    x @ S.T with S from the NumPy spec (fp64: exact to rounding)."""
     k, d, seed = 200, 5000, 2**33 + 1
     s64 = torch.from_numpy(spec_matrix(k, d, seed, 0.05))
     x = torch.randn(m, d, dtype=torch.float64)
     ref = x @ s64.T
     params = J.jl_params(k, d, 0.05)
-    for block_j, block_g, splits, block_m, slots in ((0, 0, 0, 0, 0), (16, 4, 3, 8, 0), (8, 2, 1, 16, 0),  # tails
-                                                     (16, 8, 2, 16, 64), (32, 4, 1, 64, 32)):
-        plan = J.gather_plan(m, k, d, torch.device("cuda"), block_j, block_g, splits, block_m, slots)
+    for block_j, block_g, splits, block_m in ((0, 0, 0, 0), (16, 4, 3, 8), (8, 2, 1, 16), (32, 4, 1, 64)):  # tails
+        plan = J.gather_plan(m, k, d, torch.device("cuda"), block_j, block_g, splits, block_m)
         out = torch.full((m, k), float("nan"), dtype=torch.float64, device="cuda")
         J.launch_gather(x.cuda(), out, params, Seed(None, seed), plan)
         torch.testing.assert_close(out.cpu(), ref, rtol=1e-12, atol=1e-12, msg=str(plan))

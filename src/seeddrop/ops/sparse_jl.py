@@ -331,61 +331,6 @@ if stream.HAS_TRITON:
                split, o_ss, scale_hi, scale_lo, PARTIAL, SOFTWARE_BF16)
 
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
-    def _jl_compact_kernel(
-        a_ptr, out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, M, N, R, cells_per_split,
-        a_sm, a_sr, o_ss, scale_hi, scale_lo,
-        PARTIAL: tl.constexpr, SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr, DOT_MODE: tl.constexpr,
-        BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, SLOTS: tl.constexpr,
-    ):
-        """out[m, j] = sum_c a[m, c] * S[j, c] like _jl_gather_kernel, but each step first lists
-        the nonzeros of its [BLOCK_J, BLOCK_G] tile of cells (prefix sums of the counts, a
-        binary search per slot) and then adds SLOTS of them at a time for BLOCK_M rows of a
-        with one tl.dot of a +-1 / 0 slot-to-row matrix: work follows the nonzeros, not the
-        fullest cell of the tile. Forward only (out: contiguous [M, N])."""
-        K: tl.constexpr = BLOCK_J * BLOCK_G
-        rows, offs_m, split = _walk_program(M, N, BLOCK_J, BLOCK_M)
-        seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
-        ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
-        acc = tl.zeros([BLOCK_J, BLOCK_M], ACC)
-        j_of_row = tl.arange(0, BLOCK_J)
-        g = split * cells_per_split
-        g_end = tl.minimum(g + cells_per_split, tl.cdiv(R, 64))
-        while g < g_end:
-            _, mask, sigma, count = _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G)
-            count = tl.reshape(count, [K])
-            mask = tl.reshape(mask, [K])
-            sigma = tl.reshape(sigma, [K])
-            ends = tl.cumsum(count, axis=0)  # inclusive: cell k's nonzeros are slots ends[k] - count[k] ..
-            total = tl.sum(count, axis=0)
-            t0 = 0
-            while t0 < total:
-                t = t0 + tl.arange(0, SLOTS)
-                k = tl.zeros([SLOTS], tl.int32)  # cells whose slots all lie before t
-                for level in tl.static_range(1, 16):  # binary search: steps K / 2, K / 4, .., 1
-                    if (K >> level) > 0:
-                        probe = k + (K >> level)
-                        k = tl.where(tl.gather(ends, probe - 1, 0) <= t, probe, k)
-                k = tl.minimum(k, K - 1)  # slots t >= total: any cell, dropped below
-                rank = t - (tl.gather(ends, k, 0) - tl.gather(count, k, 0))
-                bits = tl.gather(mask, k, 0)
-                r = tl.max(tl.where(t < total, rank, 0), axis=0)
-                while r > 0:  # drop the rank lowest bits
-                    bits = tl.where(rank >= r, bits & (bits - 1), bits)
-                    r -= 1
-                low, bit = _lowest_bit(bits)
-                col = (g + (k % BLOCK_G)) * 64 + bit
-                take = (t < total) & (col < R)
-                v = tl.load(a_ptr + col[:, None] * a_sr + offs_m[None, :] * a_sm,
-                            mask=take[:, None] & (offs_m < M)[None, :], other=0.0)  # [SLOTS, BLOCK_M]
-                sign = tl.where((tl.gather(sigma, k, 0) & low) != 0, -1.0, 1.0)
-                onehot = tl.where((j_of_row[:, None] == (k // BLOCK_G)[None, :]) & take[None, :], sign[None, :], 0.0)
-                acc = _mma(onehot.to(a_ptr.dtype.element_ty), v, acc, False, DOT_MODE)
-                t0 += SLOTS
-            g += BLOCK_G
-        _store(acc, out_ptr, offs_m[None, :] * N + rows[:, None], (rows[:, None] < N) & (offs_m[None, :] < M),
-               split, o_ss, scale_hi, scale_lo, PARTIAL, SOFTWARE_BF16)
-
-    @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, K, D, o_sj, o_sc, scale_hi, scale_lo,
                           SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
                           BLOCK_J: tl.constexpr, BLOCK_G: tl.constexpr):
@@ -401,9 +346,9 @@ if stream.HAS_TRITON:
                (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
 
-_MATMUL, _GATHER, _REDUCE, _MATRIX, _COMPACT = (
+_MATMUL, _GATHER, _REDUCE, _MATRIX = (
     (FastKernel(_jl_matmul_kernel), FastKernel(_jl_gather_kernel), FastKernel(_jl_reduce_kernel),
-     FastKernel(_jl_matrix_kernel), FastKernel(_jl_compact_kernel)) if stream.HAS_TRITON else (None,) * 5)
+     FastKernel(_jl_matrix_kernel)) if stream.HAS_TRITON else (None,) * 4)
 
 
 class JLConfig(NamedTuple):
@@ -516,31 +461,31 @@ class GatherPlan(NamedTuple):
     splits: int
     num_warps: int = 4
     block_m: int = 1
-    slots: int = 0  # > 0: _jl_compact_kernel with this many nonzeros per tl.dot (block_m, block_j >= 16)
 
 
 @functools.lru_cache(maxsize=1024)
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
-                splits: int = 0, block_m: int = 0, slots: int = 0) -> GatherPlan:
-    """Tiles of 8 x 32 cells for one row of x (4 programs per SM), else 2048 values (4096
-    from 17 rows of x on, when block_m is 32; at most 64 cells per row of S; 8 programs per
-    SM), each program walking >= 2 steps of cells (or the given values; H200 sweep in
-    docs/sparse_jl.md). Partials: at most 8 MiB in fp32 (16 MiB for fp64 x)."""
+                splits: int = 0, block_m: int = 0) -> GatherPlan:
+    """Tiles of 8 rows of S x 32 cells for one row of x (4 programs per SM); for more rows,
+    8 rows of S x 2048 values (4096 from 9 rows of x on, when block_m is 16 or 32; at most
+    64 cells per row of S; 8 programs per SM), each program walking >= 2 steps of cells (or
+    the given values; H200 sweep in docs/sparse_jl.md). Partials: at most 8 MiB in fp32
+    (16 MiB for fp64 x)."""
     cells = cdiv(R, stream.CELL)
     block_m = block_m or _pow2(M, 1, 32)
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
     else:
-        block_j = block_j or (8 if block_m <= 16 else 32)
+        block_j = block_j or 8
         if not block_g:
-            values = 2048 if block_m <= 16 else 4096
+            values = 2048 if block_m <= 8 else 4096
             block_g = 32 if M == 1 else min(64, max(1, values // (block_j * block_m)))
         if not splits:  # fp32 partials of at most 8 MiB, as split_plan
             programs = (4 if M == 1 else 8) * sm_count(device)
             splits = max(1, min(cdiv(programs, cdiv(N, block_j) * cdiv(M, block_m)),
                                 cdiv(cells, 2 * block_g), (8 << 20) // (4 * M * N)))
     per_split = cdiv(cdiv(cells, splits), block_g) * block_g
-    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split), 4, block_m, slots)
+    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split), 4, block_m)
 
 
 def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed,
@@ -561,11 +506,7 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
             M, N, R, plan.cells_per_split, a.stride(0), a.stride(1), M * N, *scale,
             part is not None, seed.tensor is not None, not a.is_cuda)  # PARTIAL SEED_FROM_PTR SOFTWARE_BF16
     grid = cdiv(N, plan.block_j) * cdiv(M, plan.block_m) * plan.splits
-    if plan.slots:
-        _COMPACT.launch_keyed(grid, head + (_dot_mode(a.dtype, a.is_cuda), plan.block_j, plan.block_g, plan.block_m,
-                                            plan.slots), plan.num_warps)
-    else:
-        _GATHER.launch_keyed(grid, head + (plan.block_j, plan.block_g, plan.block_m), plan.num_warps)
+    _GATHER.launch_keyed(grid, head + (plan.block_j, plan.block_g, plan.block_m), plan.num_warps)
     return _reduce_partials(part, out, plan.splits, scale)
 
 
