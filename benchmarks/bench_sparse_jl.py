@@ -59,9 +59,9 @@ def variants(batch: int, k: int, d: int, dtype: torch.dtype, device) -> list:
         bm = default.block_m
         plans = [C(bm, 64, 128, 4, 3, swap=True), C(bm, 128, 64, 4, 3), C(bm, 64, 128, 8, 3),
                  C(bm, 128, 64, 4, 3, split=64), C(bm, 128, 64, 4, 3, split=128), C(bm, 64, 64, 4, 3, split=64)]
-        gp = lambda bj, bg, warps: J.gather_plan(batch, k, d, device, bj, bg)._replace(num_warps=warps)  # noqa: E731
-        shapes = [(16, 16), (16, 32), (8, 32), (32, 16)] if batch == 1 else [(16, 1), (16, 2), (32, 1), (8, 4)]
-        plans += [gp(bj, bg, 4) for bj, bg in shapes] + [gp(16, 2 if batch > 1 else 32, 8)]
+        gp = lambda bj, bg, warps: J.gather_plan(batch, k, d, device, bj, bg, num_warps=warps)  # noqa: E731
+        shapes = [(16, 16), (16, 32), (8, 32), (32, 16)] if batch == 1 else [(2, 32), (1, 16), (2, 16), (4, 8)]
+        plans += [gp(bj, bg, 4 if batch == 1 else 1) for bj, bg in shapes] + [gp(16, 2 if batch > 1 else 32, 8)]
     else:
         plans = [C(128, 128, 64, 8, 3), C(128, 256, 64, 8, 3), C(256, 128, 64, 8, 4)]
     if batch <= J.GATHER_MAX_ROWS:
@@ -92,7 +92,10 @@ def memory_of_one_call(x, k, seed) -> dict:
     peak = torch.cuda.max_memory_allocated() - before
     out_b = _alloc_bytes(y.numel() * y.element_size())
     part_b = _alloc_bytes(splits * batch * k * 4) if splits > 1 else 0
-    return dict(out_bytes=out_b, partial_bytes=part_b, peak_extra_bytes=peak, S_bytes=peak - out_b - part_b,
+    walk_copy = J.GATHER_IN_PLACE_ROWS < batch <= J.GATHER_MAX_ROWS and x.stride(0) != 1  # column-major x
+    copy_b = _alloc_bytes(x.numel() * x.element_size()) if walk_copy else 0
+    return dict(out_bytes=out_b, partial_bytes=part_b, x_copy_bytes=copy_b, peak_extra_bytes=peak,
+                S_bytes=peak - out_b - part_b - copy_b,
                 held_after_bytes=torch.cuda.memory_allocated() - before - out_b)
 
 

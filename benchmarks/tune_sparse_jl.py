@@ -4,8 +4,7 @@ what one call costs on the host.
 python benchmarks/tune_sparse_jl.py [walk] [host]
 1. walk: for d = 49152 -> 1024 (and a few plans at d = 4096 -> 256), B in 1 .. 64:
    cuBLAS `x @ R.T`, the dense-tile kernel (its default config) and the nonzero walk over
-   tiles of block_j rows of S x block_g cells x block_m rows of x (4096 or 2048 values),
-   with the default splits and twice as many.
+   tiles of block_j rows of S x block_g cells x block_m rows of x (walk_plans).
    do_bench medians in us, the best five walks per case. GATHER_MAX_ROWS and gather_plan's block sizes come from here.
 2. host: host time per call (a timed loop of 200 calls without sync) and do_bench of the
    public call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
@@ -25,18 +24,21 @@ def us(fn) -> float:
 
 
 def walk_plans(batch, k, d, dev):
+    """The default plan, then tiles of block_j rows of S x block_g cells x block_m rows of x
+    with 64-1024 values per warp, for 1 / 2 / 4 warps, at 16 and 32 warps per SM."""
     yield J.gather_plan(batch, k, d, dev)
-    block_ms = sorted({min(64, J._pow2(batch, 1, 64) >> s) for s in range(4)} - {0})
-    for block_m in block_ms:
-        for block_j in (8, 16, 32):
-            for values in (2048, 4096):
-                block_g = values // (block_j * block_m)
-                if not 1 <= block_g <= 64:
-                    continue
-                plan = J.gather_plan(batch, k, d, dev, block_j, block_g, 0, block_m)
-                for mult in (1, 2):
-                    splits = min(J.cdiv(d, 64 * block_g), plan.splits * mult)
-                    yield J.gather_plan(batch, k, d, dev, block_j, block_g, splits, block_m)
+    cells = J.cdiv(d, 64)
+    for num_warps in (1, 2, 4):
+        for block_m in sorted({batch, min(batch, 16), min(batch, 32)}):
+            for block_j in (1, 2, 4, 8, 16):
+                for block_g in (4, 8, 16, 32, 64):
+                    if not 64 * num_warps <= block_j * block_g * block_m <= 1024 * num_warps:
+                        continue
+                    per_split = J.cdiv(k, block_j) * J.cdiv(batch, block_m)
+                    for warps_per_sm in (16, 32):
+                        programs = warps_per_sm // num_warps * J.sm_count(dev)
+                        splits = max(1, min(J.cdiv(cells, 2 * block_g), J.cdiv(programs, per_split)))
+                        yield J.gather_plan(batch, k, d, dev, block_j, block_g, splits, block_m, num_warps)
 
 
 def walk(dev):
@@ -57,7 +59,7 @@ def walk(dev):
                 res.append((us(lambda: J.launch_gather(x, out, params, seed, plan)), plan))
             auto = res[0]
             res.sort(key=lambda t: t[0])
-            fmt = lambda t: f"{t[0]:.1f} (j{t[1].block_j} g{t[1].block_g} m{t[1].block_m} s{t[1].splits})"  # noqa: E731
+            fmt = lambda t: f"{t[0]:.1f} (j{t[1].block_j} g{t[1].block_g} m{t[1].block_m} s{t[1].splits} w{t[1].num_warps})"  # noqa: E731
             print(f"d={d} B={batch}: {head} | walk default {fmt(auto)} | best " + ", ".join(map(fmt, res[:5])),
                   flush=True)
 

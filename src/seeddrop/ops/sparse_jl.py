@@ -42,7 +42,7 @@ from .._library import define_op
 
 MAX_IN_FEATURES = 1 << 32  # cells g < 2**26 (stream.CELL_SHIFT)
 MAX_OUT_FEATURES = (1 << 31) - 1
-GATHER_MAX_ROWS = 32  # forward calls with at most this many rows of x walk S's nonzeros
+GATHER_MAX_ROWS = 64  # forward calls with at most this many rows of x walk S's nonzeros
 GATHER_IN_PLACE_ROWS = 8  # the walk reads up to this many rows of x in place, more from a column-major copy
 _REF_CHUNK = 1 << 21  # entries of S per chunk in the PyTorch reference
 
@@ -331,6 +331,16 @@ if stream.HAS_TRITON:
         _store(y, out_ptr, offs_m[None, :] * N + rows[:, None], (rows[:, None] < N) & (offs_m[None, :] < M),
                split, o_ss, scale_hi, scale_lo, PARTIAL, SOFTWARE_BF16)
 
+    @triton.jit
+    def _column_major_kernel(a_ptr, out_ptr, M, R, a_sm, a_sr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
+        """out[r * M + m] = a[m, r]: a [BLOCK_M, BLOCK_R] tile per program (the walk's
+        column-major copy of x, read and written in whole lines)."""
+        offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        inside = (offs_m[:, None] < M) & (offs_r[None, :] < R)
+        v = tl.load(a_ptr + offs_m[:, None] * a_sm + offs_r[None, :] * a_sr, mask=inside)
+        tl.store(out_ptr + offs_r[None, :] * M + offs_m[:, None], v, mask=inside)
+
     @triton.jit(do_not_specialize=["seed_value", "scale_hi", "scale_lo"])
     def _jl_matrix_kernel(out_ptr, seed_ptr, seed_value: tl.int64, table_ptr, K, D, o_sj, o_sc, scale_hi, scale_lo,
                           SEED_FROM_PTR: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
@@ -347,9 +357,9 @@ if stream.HAS_TRITON:
                (rows[:, None] < K) & (cols[None, :] < D), 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
 
-_MATMUL, _GATHER, _REDUCE, _MATRIX = (
+_MATMUL, _GATHER, _REDUCE, _MATRIX, _COLUMN_MAJOR = (
     (FastKernel(_jl_matmul_kernel), FastKernel(_jl_gather_kernel), FastKernel(_jl_reduce_kernel),
-     FastKernel(_jl_matrix_kernel)) if stream.HAS_TRITON else (None,) * 4)
+     FastKernel(_jl_matrix_kernel), FastKernel(_column_major_kernel)) if stream.HAS_TRITON else (None,) * 5)
 
 
 class JLConfig(NamedTuple):
@@ -466,27 +476,39 @@ class GatherPlan(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
-                splits: int = 0, block_m: int = 0) -> GatherPlan:
-    """Tiles of 8 rows of S x 32 cells for one row of x (4 programs per SM); for more rows,
-    8 rows of S x 2048 values (4096 from 9 rows of x on, when block_m is 16 or 32; at most
-    64 cells per row of S; 8 programs per SM), each program walking >= 2 steps of cells (or
-    the given values; H200 sweep in docs/sparse_jl.md). Partials: at most 8 MiB in fp32
-    (16 MiB for fp64 x)."""
+                splits: int = 0, block_m: int = 0, num_warps: int = 0) -> GatherPlan:
+    """One row of x: tiles of 8 rows of S x 32 cells, 4 warps, 4 programs per SM. More rows:
+    one row of S x 32 cells x all rows of x (at most 64) per one-warp program, 32 programs
+    per SM: a small tile walks as many bits as its fullest cell holds, so fewer cells per
+    tile waste fewer steps (H200 sweep, docs/sparse_jl.md). Zero arguments take these
+    defaults. Partials: at most 8 MiB in fp32 (16 MiB for fp64 x)."""
     cells = cdiv(R, stream.CELL)
-    block_m = block_m or _pow2(M, 1, 32)
+    block_m = block_m or _pow2(M, 1, 64)
     if device.type != "cuda":  # the interpreter: few, large programs
         block_j, block_g, splits = block_j or _pow2(N, 1, 64), block_g or _pow2(cells, 1, 32), splits or 1
+        num_warps = num_warps or 4
     else:
-        block_j = block_j or 8
-        if not block_g:
-            values = 2048 if block_m <= 8 else 4096
-            block_g = 32 if M == 1 else min(64, max(1, values // (block_j * block_m)))
+        one_row = M == 1
+        block_j = block_j or (8 if one_row else 1)
+        block_g = block_g or 32
+        num_warps = num_warps or (4 if one_row else 1)
         if not splits:  # fp32 partials of at most 8 MiB, as split_plan
-            programs = (4 if M == 1 else 8) * sm_count(device)
+            programs = (4 if one_row else 32) * sm_count(device)
             splits = max(1, min(cdiv(programs, cdiv(N, block_j) * cdiv(M, block_m)),
                                 cdiv(cells, 2 * block_g), (8 << 20) // (4 * M * N)))
     per_split = cdiv(cdiv(cells, splits), block_g) * block_g
-    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split), 4, block_m)
+    return GatherPlan(block_j, block_g, per_split, cdiv(cells, per_split), num_warps, block_m)
+
+
+def column_major(a: torch.Tensor) -> torch.Tensor:
+    """A column-major copy of 2-D `a` (a Triton kernel: torch's copy of the transposed view
+    ran at ~0.6 TB/s for [64, 49152] bf16 on the H200)."""
+    M, R = a.shape
+    t = torch.empty((R, M), dtype=a.dtype, device=a.device)
+    block_m = next_pow2(M)
+    block_r = max(16, (4096 if a.is_cuda else 16384) // block_m)
+    _COLUMN_MAJOR.launch_keyed(cdiv(R, block_r), (a, t, M, R, a.stride(0), a.stride(1), block_m, block_r), 4)
+    return t.t()
 
 
 def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Seed,
@@ -501,7 +523,7 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
     if M == 0:
         return out
     if M > GATHER_IN_PLACE_ROWS and a.stride(0) != 1:
-        a = a.t().contiguous().t()
+        a = column_major(a)
     plan = plan or gather_plan(M, N, R, a.device)
     part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
