@@ -77,26 +77,44 @@ def _run_plan(x, out, params, seed, plan):
     return J.launch_project(x, out, params, J.Seed(seed, 0), True, plan)
 
 
-def memory_of_one_call(x, k, seed) -> dict:
-    """Device memory of one sparse_jl call: peak - before must be the output + split partials."""
-    batch, d = x.shape
-    if batch <= J.GATHER_MAX_ROWS:
-        splits = J.gather_plan(batch, k, d, x.device).splits
-    else:
-        _, splits = J.split_plan(batch, k, d, J.default_config(batch, k, d, x.dtype, x.device), x.device)
+def _peak_extra(fn):
+    """(peak device bytes allocated by fn() above what was allocated before, fn's result)."""
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    y = seeddrop.sparse_jl(x, k, seed)
+    result = fn()
     torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - before
-    out_b = _alloc_bytes(y.numel() * y.element_size())
-    part_b = _alloc_bytes(splits * batch * k * 4) if splits > 1 else 0
-    walk_copy = J.GATHER_IN_PLACE_ROWS < batch <= J.GATHER_MAX_ROWS and x.stride(0) != 1  # column-major x
-    copy_b = _alloc_bytes(x.numel() * x.element_size()) if walk_copy else 0
-    return dict(out_bytes=out_b, partial_bytes=part_b, x_copy_bytes=copy_b, peak_extra_bytes=peak,
-                S_bytes=peak - out_b - part_b - copy_b,
-                held_after_bytes=torch.cuda.memory_allocated() - before - out_b)
+    return torch.cuda.max_memory_allocated() - before, result
+
+
+def memory_of_one_call(x, k, seed) -> dict:
+    """Device memory of one sparse_jl call against allocating its known temporaries in the
+    same order (output, the walk's column-major copy of x, split partials; the caching
+    allocator's rounding included): S_bytes is the difference, which must be 0."""
+    batch, d = x.shape
+    walk = batch <= J.GATHER_MAX_ROWS
+    if walk:
+        splits = J.gather_plan(batch, k, d, x.device).splits
+    else:
+        _, splits = J.split_plan(batch, k, d, J.default_config(batch, k, d, x.dtype, x.device), x.device)
+    copies_x = walk and batch > J.GATHER_IN_PLACE_ROWS and x.stride(0) != 1
+
+    def temporaries():
+        out = torch.empty(batch, k, dtype=x.dtype, device=x.device)
+        copy = torch.empty_like(x) if copies_x else None
+        part = torch.empty(splits, batch, k, dtype=torch.float32, device=x.device) if splits > 1 else None
+        return out, copy, part
+
+    before = torch.cuda.memory_allocated()
+    peak, y = _peak_extra(lambda: seeddrop.sparse_jl(x, k, seed))
+    held = torch.cuda.memory_allocated() - before - _alloc_bytes(y.numel() * y.element_size())
+    del y
+    expected, bufs = _peak_extra(temporaries)
+    del bufs
+    return dict(out_bytes=_alloc_bytes(batch * k * x.element_size()),
+                partial_bytes=_alloc_bytes(splits * batch * k * 4) if splits > 1 else 0,
+                x_copy_bytes=_alloc_bytes(x.numel() * x.element_size()) if copies_x else 0,
+                peak_extra_bytes=peak, S_bytes=peak - expected, held_after_bytes=held)
 
 
 def run_case(batch: int, d: int, k: int, quick: bool, dev: torch.device) -> dict:
