@@ -9,7 +9,7 @@ many nonzero columns and 64 sign bits (stream.cell_masks[_tile]); scale = sqrt(1
 S never exists in device memory. Two kernels regenerate it from the seed:
 _jl_matmul_kernel expands cells into dense tiles of sign(S) (+1 / -1 / 0, exact in every
 dtype) in registers and feeds them to tl.dot (both directions, any batch);
-_jl_gather_kernel walks each cell's nonzeros and gathers x there (forward, a few rows of x).
+_jl_gather_kernel walks each cell's nonzeros and gathers x there (forward, up to 64 rows of x).
 The scale multiplies the fp32 (fp64) accumulator once. Saved for backward: the seed only.
 """
 from __future__ import annotations
