@@ -7,7 +7,8 @@ python benchmarks/tune_sparse_jl.py [walk] [host]
    tiles of block_j rows of S x block_g cells x block_m rows of x (walk_plans).
    do_bench medians in us, the best five walks per case. GATHER_MAX_ROWS and gather_plan's block sizes come from here.
 2. host: host time per call (a timed loop of 200 calls without sync) and do_bench of the
-   public call, of _project and of launch_project, for B = 1 (d = 49152) and B = 64 (d = 4096).
+   public call, of _project, of launch_project and of the walk's two launches (the column-major
+   copy; the walk on a column-major x), for B = 1 / 16 / 32 / 64 (d = 49152) and B = 64 (d = 4096).
 """
 import sys
 import time
@@ -65,16 +66,19 @@ def walk(dev):
 
 
 def host_time(dev):
-    for batch, d, k in [(1, 49152, 1024), (64, 4096, 256)]:
+    for batch, d, k in [(1, 49152, 1024), (16, 49152, 1024), (32, 49152, 1024), (64, 49152, 1024), (64, 4096, 256)]:
         x = torch.randn(batch, d, device=dev, dtype=torch.bfloat16)
         seed = torch.tensor(20240607, device=dev)
         params = J.jl_params(k, d)
         out = torch.empty(batch, k, device=dev, dtype=x.dtype)
+        xt = x.t().contiguous().t()
         calls = {
             "public, tensor seed": lambda: seeddrop.sparse_jl(x, k, seed),
             "public, int seed": lambda: seeddrop.sparse_jl(x, k, 20240607),
             "_project": lambda: J._project(x, params, J.Seed(seed, 0), True),
             "launch_project": lambda: J.launch_project(x, out, params, J.Seed(seed, 0), True),
+            "column_major copy": lambda: J.column_major(x),
+            "walk on column-major x": lambda: J.launch_gather(xt, out, params, J.Seed(seed, 0)),
         }
         for name, fn in calls.items():
             fn()
