@@ -35,10 +35,10 @@ def walk_plans(batch, k, d, dev):
                 for block_g in (4, 8, 16, 32, 64):
                     if not 64 * num_warps <= block_j * block_g * block_m <= 1024 * num_warps:
                         continue
-                    per_split = J.cdiv(k, block_j) * J.cdiv(batch, block_m)
+                    tiles = J.cdiv(k, block_j) * J.cdiv(batch, block_m)
                     for warps_per_sm in (16, 32):
                         programs = warps_per_sm // num_warps * J.sm_count(dev)
-                        splits = max(1, min(J.cdiv(cells, 2 * block_g), J.cdiv(programs, per_split)))
+                        splits = max(1, min(J.cdiv(cells, 2 * block_g), J.cdiv(programs, tiles)))
                         yield J.gather_plan(batch, k, d, dev, block_j, block_g, splits, block_m, num_warps)
 
 

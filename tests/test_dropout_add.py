@@ -5,8 +5,10 @@ from conftest.py (independent of seeddrop.stream).
 Exactness (the composition is evaluated in fp32, fp64 for float64 outputs, and rounded
 once to the output dtype, as dropout_add is specified):
 * CPU reference path: bitwise for every activation (the same torch ops).
-* Triton kernels (TRITON_INTERPRET=1, CUDA): bitwise for activation None and "relu";
-  for "gelu", "gelu_tanh" and "silu" (Triton's erf/exp are not torch's) within
+* Triton kernels (TRITON_INTERPRET=1, CUDA): bitwise for activation None and "relu" (relu
+  up to the sign of an exact zero: the kernels' relu is an IEEE maximum, relu(-0.0) = +0.0,
+  where torch's CPU relu keeps -0.0; it shows only where x + bias and the residual are both
+  -0.0); for "gelu", "gelu_tanh" and "silu" (Triton's erf/exp are not torch's) within
   TOLERANCE[out dtype] (rtol about one ulp of the output dtype).
 * Bias gradients are column sums in another order than autograd's: BIAS_TOLERANCE.
 """
@@ -184,6 +186,20 @@ def test_p1_drops_everything_and_propagates_nan():
     assert torch.isnan(got[1, 3])
     finite = ~torch.isnan(x)
     assert torch.equal(got[finite], r[finite] + 0.0)
+
+
+def test_relu_special_values():
+    """relu(NaN) = NaN, relu(+-inf) = inf / 0, relu(+-0) = 0, through the kernels and the
+    reference alike (p = 0: the values pass unscaled); the sign of a zero output is not
+    pinned (see the module docstring)."""
+    z = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, -3.0, 2.5, -1e-30])
+    x = torch.cat([z, torch.randn(56)]).reshape(4, 16)
+    r = torch.randn(4, 16)
+    got = seeddrop.dropout_add(x, r, 0.0, bias=None, activation="relu", seed=SEED)
+    want = r + torch.relu(x)
+    assert torch.equal(got.isnan(), want.isnan()) and bool(got.isnan()[0, 0])
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert bool((got[0, 2:6] == r[0, 2:6]).all())  # -inf, +-0 and -3 add nothing
 
 
 def test_noncontiguous_and_broadcast_residual():

@@ -356,7 +356,7 @@ def test_matrix_kernel_matches_reference(dtype):
 def test_column_major_copy(dtype):
     """The walk's column-major copy of x: every element, any input strides, rows that are
     not a power of two."""
-    for m, r in ((9, 300), (21, 64), (33, 5)):
+    for m, r in ((9, 1100), (21, 64), (33, 5), (70, 300)):  # several programs along R (9, 70) and along M (70)
         base = torch.randn(2 * m, r + 3, dtype=torch.float64).to(dtype)
         for a in (base[:m, :r], base[::2, 1:r + 1], base[:m, :r].t().contiguous().t()):
             t = J.column_major(a)

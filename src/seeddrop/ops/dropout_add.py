@@ -28,6 +28,8 @@ a * m with m = 1/(1-p) or 0, rounded once. Without an activation and with relu t
 kernels compile with fp fusion off, so a * m is rounded before the add, exactly as
 residual + dropout(a) in fp32; with gelu / gelu_tanh / silu fusion is on (fewer
 instructions in compute-bound kernels; those results are within a tolerance anyway).
+relu is an IEEE maximum with NaN passing through (one instruction on sm_90): relu(-0.0)
+is +0.0 there, where torch's CPU relu keeps -0.0 (visible only when the residual is -0.0 too).
 In fp32 the activations use libdevice's fast exp and division on the GPU and gelu an
 erfc fit (Numerical Recipes 6.2) evaluated in base 2 with its constants folded in
 (_normal_tail): within rtol 3e-5 of exact values over [-30, 30] (tests), fewer
@@ -149,7 +151,7 @@ if stream.HAS_TRITON:
     def _activation(z, ACT: tl.constexpr, INTERPRETER: tl.constexpr):
         """act(z) with torch's formulas (in fp32 on the GPU with fast exp / division, within
         a few ulp); gelu_tanh uses 0.5 * (1 + tanh(u)) = sigmoid(2u)."""
-        if ACT == 1:  # relu (NaN passes through, as in torch)
+        if ACT == 1:  # relu: NaN passes through, as in torch; relu(-0.0) = +0.0
             y = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
         elif ACT == 2:  # gelu (erf)
             y = z * _normal_cdf(z, INTERPRETER)

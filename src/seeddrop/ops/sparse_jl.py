@@ -335,8 +335,10 @@ if stream.HAS_TRITON:
     def _column_major_kernel(a_ptr, out_ptr, M, R, a_sm, a_sr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
         """out[r * M + m] = a[m, r]: a [BLOCK_M, BLOCK_R] tile per program (the walk's
         column-major copy of x, read and written in whole lines)."""
-        offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
-        offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        pid = tl.program_id(0).to(tl.int64)
+        n_r = tl.cdiv(R, BLOCK_R)
+        offs_m = (pid // n_r) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_r = (pid % n_r) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
         inside = (offs_m[:, None] < M) & (offs_r[None, :] < R)
         v = tl.load(a_ptr + offs_m[:, None] * a_sm + offs_r[None, :] * a_sr, mask=inside)
         tl.store(out_ptr + offs_r[None, :] * M + offs_m[:, None], v, mask=inside)
@@ -476,12 +478,13 @@ class GatherPlan(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, block_g: int = 0,
-                splits: int = 0, block_m: int = 0, num_warps: int = 0) -> GatherPlan:
+                splits: int = 0, block_m: int = 0, num_warps: int = 0, acc_bytes: int = 4) -> GatherPlan:
     """One row of x: tiles of 8 rows of S x 32 cells, 4 warps, 4 programs per SM. More rows:
-    one row of S x 32 cells x all rows of x (at most 64) per one-warp program, 32 programs
-    per SM: a small tile walks as many bits as its fullest cell holds, so fewer cells per
-    tile waste fewer steps (H200 sweep, docs/sparse_jl.md). Zero arguments take these
-    defaults. Partials: at most 8 MiB in fp32 (16 MiB for fp64 x)."""
+    one row of S x 32 cells x all rows of x (at most 64) per program, 32 warps per SM, one
+    warp per 8 KiB of accumulators (acc_bytes: 4 for fp32 sums, 8 for fp64; bf16 x at
+    64 rows is one warp): a small tile walks as many bits as its fullest cell holds, so fewer
+    cells per tile waste fewer steps (H200 sweep, docs/sparse_jl.md). Zero arguments take
+    these defaults. Partials: at most 8 MiB in fp32 (16 MiB for fp64 x)."""
     cells = cdiv(R, stream.CELL)
     block_m = block_m or _pow2(M, 1, 64)
     if device.type != "cuda":  # the interpreter: few, large programs
@@ -491,9 +494,9 @@ def gather_plan(M: int, N: int, R: int, device: torch.device, block_j: int = 0, 
         one_row = M == 1
         block_j = block_j or (8 if one_row else 1)
         block_g = block_g or 32
-        num_warps = num_warps or (4 if one_row else 1)
+        num_warps = num_warps or (4 if one_row else max(1, min(8, block_j * block_g * block_m * acc_bytes >> 13)))
         if not splits:  # fp32 partials of at most 8 MiB, as split_plan
-            programs = (4 if one_row else 32) * sm_count(device)
+            programs = (4 if one_row else 32 // num_warps) * sm_count(device)
             splits = max(1, min(cdiv(programs, cdiv(N, block_j) * cdiv(M, block_m)),
                                 cdiv(cells, 2 * block_g), (8 << 20) // (4 * M * N)))
     per_split = cdiv(cdiv(cells, splits), block_g) * block_g
@@ -505,9 +508,10 @@ def column_major(a: torch.Tensor) -> torch.Tensor:
     ran at ~0.6 TB/s for [64, 49152] bf16 on the H200)."""
     M, R = a.shape
     t = torch.empty((R, M), dtype=a.dtype, device=a.device)
-    block_m = next_pow2(M)
-    block_r = max(16, (4096 if a.is_cuda else 16384) // block_m)
-    _COLUMN_MAJOR.launch_keyed(cdiv(R, block_r), (a, t, M, R, a.stride(0), a.stride(1), block_m, block_r), 4)
+    block_m = min(next_pow2(M), 64)
+    block_r = (4096 if a.is_cuda else 16384) // block_m
+    _COLUMN_MAJOR.launch_keyed(cdiv(R, block_r) * cdiv(M, block_m),
+                               (a, t, M, R, a.stride(0), a.stride(1), block_m, block_r), 4)
     return t.t()
 
 
@@ -524,7 +528,7 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
         return out
     if M > GATHER_IN_PLACE_ROWS and a.stride(0) != 1:
         a = column_major(a)
-    plan = plan or gather_plan(M, N, R, a.device)
+    plan = plan or gather_plan(M, N, R, a.device, acc_bytes=compute_dtype(a.dtype).itemsize)
     part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
     head = (a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
