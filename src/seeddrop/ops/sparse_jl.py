@@ -272,26 +272,6 @@ if stream.HAS_TRITON:
         _store(acc, out_ptr, offs, live, 0, 0, scale_hi, scale_lo, False, SOFTWARE_BF16)
 
     @triton.jit
-    def _walk_program(M, N, BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr):
-        """(rows of S [BLOCK_J], rows of a [BLOCK_M], split) of this program of a walk kernel:
-        the program id runs over row blocks of S, then of a, then splits of the cells."""
-        pid = tl.program_id(0).to(tl.int64)
-        n_j = tl.cdiv(N, BLOCK_J)
-        n_m = tl.cdiv(M, BLOCK_M)
-        rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
-        offs_m = ((pid // n_j) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        return rows, offs_m, pid // (n_j * n_m)
-
-    @triton.jit
-    def _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G: tl.constexpr):
-        """The cells g .. g + BLOCK_G - 1 of `rows`: (cells [BLOCK_G], mask, sigma, count
-        [BLOCK_J, BLOCK_G]), mask and count zero outside S and past g_end."""
-        cells = g + tl.arange(0, BLOCK_G).to(tl.int64)
-        mask, sigma, count = _cells(seed, rows, cells, table_ptr)
-        live = (rows[:, None] < N) & (cells[None, :] < g_end)
-        return cells, tl.where(live, mask, 0), sigma, tl.where(live, count, 0)
-
-    @triton.jit
     def _lowest_bit(mask):
         """(the lowest set bit of uint64 `mask` as a word, its index 0..63): the index from
         the float64 exponent of the isolated bit. An empty mask gives (0, -1023)."""
@@ -308,15 +288,23 @@ if stream.HAS_TRITON:
         """out[m, j] = sum_c a[m, c] * S[j, c] for BLOCK_M rows m of a, BLOCK_J rows j of S
         and the cells of one split: walks each cell's nonzero bits (lowest first) and loads a
         at those columns only. Forward only (out: contiguous [M, N])."""
-        rows, offs_m, split = _walk_program(M, N, BLOCK_J, BLOCK_M)
+        pid = tl.program_id(0).to(tl.int64)  # row blocks of S, then of a, then splits of the cells
+        n_j = tl.cdiv(N, BLOCK_J)
+        n_m = tl.cdiv(M, BLOCK_M)
+        rows = (pid % n_j) * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
+        offs_m = ((pid // n_j) % n_m) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        split = pid // (n_j * n_m)
         seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
         ACC: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32
         acc = tl.zeros([BLOCK_J, BLOCK_G, BLOCK_M], ACC)
         g = split * cells_per_split
         g_end = tl.minimum(g + cells_per_split, tl.cdiv(R, 64))
         while g < g_end:
-            cells, mask, sigma, count = _live_cells(seed, rows, g, g_end, N, table_ptr, BLOCK_G)
-            left = tl.max(count)
+            cells = g + tl.arange(0, BLOCK_G).to(tl.int64)
+            mask, sigma, count = _cells(seed, rows, cells, table_ptr)
+            live = (rows[:, None] < N) & (cells[None, :] < g_end)
+            mask = tl.where(live, mask, 0)
+            left = tl.max(tl.where(live, count, 0))
             while left > 0:
                 low, bit = _lowest_bit(mask)
                 col = cells[None, :] * 64 + bit
@@ -528,8 +516,9 @@ def launch_gather(a: torch.Tensor, out: torch.Tensor, params: JLParams, seed: Se
         return out
     if M > GATHER_IN_PLACE_ROWS and a.stride(0) != 1:
         a = column_major(a)
-    plan = plan or gather_plan(M, N, R, a.device, acc_bytes=compute_dtype(a.dtype).itemsize)
-    part = torch.empty((plan.splits, M, N), dtype=compute_dtype(a.dtype), device=a.device) if plan.splits > 1 else None
+    acc = compute_dtype(a.dtype)
+    plan = plan or gather_plan(M, N, R, a.device, acc_bytes=acc.itemsize)
+    part = torch.empty((plan.splits, M, N), dtype=acc, device=a.device) if plan.splits > 1 else None
     scale = float64_halves(params.scale)
     head = (a, out if part is None else part, seed.tensor, seed.value, count_table_tensor(params.density, a.device),
             M, N, R, plan.cells_per_split, a.stride(0), a.stride(1), M * N, *scale,
