@@ -160,6 +160,12 @@ def seed_generator(generator: torch.Generator):
         _HOST_DRAW.generator = previous
 
 
+def host_draw_allowed() -> bool:
+    """draw_seed(a CUDA device) would draw from torch's default CPU generator on the host
+    (no seed_generator block, not compiling, not capturing a CUDA graph)."""
+    return getattr(_HOST_DRAW, "generator", None) is None and not _in_graph()
+
+
 def _in_graph() -> bool:
     return torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
 

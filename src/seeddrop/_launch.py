@@ -66,6 +66,7 @@ class FastKernel:
         self.key_positions = tuple(i for i, name in enumerate(self.names)
                                    if not name.endswith("_ptr") and name not in unspecialized and i not in unspecialized)
         self.compiled = {}
+        self.kernels = {}  # the same keys: Triton's CompiledKernel, for recipes
 
     def launch_keyed(self, grid: int, args: tuple, num_warps: int, **options) -> None:
         key = [args[i] for i in self.key_positions]
@@ -84,9 +85,41 @@ class FastKernel:
             kernel = self._jit_launch(grid, args, num_warps, options)
             if hasattr(kernel, "run") and hasattr(kernel, "packed_metadata"):
                 self.compiled[full_key] = self._direct_call(kernel)
+                self.kernels[full_key] = kernel
             return
         c_launch, head = entry
         c_launch(grid, 1, 1, torch._C._cuda_getCurrentRawStream(device), *head, *call)
+
+    def recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict):
+        """The launch that `launch(key, grid, args, num_warps)` made, described for the C++
+        launcher (csrc/fast_dropout.cpp), or None when that launcher cannot replay it.
+
+        (CUfunction, grid, threads per block, dynamic shared memory bytes, params): params
+        holds one (source, bytes, value) per parameter of the compiled kernel (constexprs and
+        arguments Triton specialized away are not parameters); source is sources[name] for
+        the values that change from call to call (pointers, seed, p's constants) and 0 for
+        a constant `value`."""
+        call, alignment = raw_pointer_args(args, self.pointer_positions)
+        kernel = self.kernels.get((key, num_warps, args[0].get_device(), alignment))
+        if kernel is None or getattr(kernel, "function", None) is None:
+            return None
+        meta = kernel.metadata
+        if (getattr(meta, "num_ctas", 1) != 1 or getattr(meta, "launch_cooperative_grid", False)
+                or getattr(meta, "launch_pdl", False) or getattr(meta, "global_scratch_size", 0)
+                or getattr(meta, "profile_scratch_size", 0)):
+            return None
+        signature = kernel.src.signature
+        params = []
+        for name, value in zip(self.names, call):
+            kind = signature.get(name)
+            if kind == "constexpr":
+                continue
+            size = 8 if kind is not None and (kind.startswith("*") or kind in ("i64", "u64")) else (
+                4 if kind in ("i32", "u32") else None)
+            if size is None:
+                return None
+            params.append((sources.get(name, 0), size, 0 if name in sources else int(value)))
+        return kernel.function, grid, 32 * meta.num_warps, meta.shared, tuple(params)
 
     @staticmethod
     def _direct_call(kernel):

@@ -26,11 +26,13 @@ from .._common import (
     normalize_dims,
     plan_view,
     resolve_seed,
+    host_draw_allowed,
     scale_halves,
     seed_as_tensor,
     sm_count,
     use_triton,
 )
+from .. import _extension
 from .._launch import FastKernel
 from .._library import define_op
 
@@ -166,10 +168,10 @@ def _p_constants(p: float):
 _KERNEL = FastKernel(_dropout_kernel) if stream.HAS_TRITON else None
 
 
-def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: Seed, p: float,
-           per_row: bool, index_offset: int = 0) -> bool:
-    """Run the dropout kernel: out = src * mask (out = int8 mask when src is None).
-    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view."""
+def _prepare(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: Seed, p: float,
+             per_row: bool, index_offset: int):
+    """(key, config, kernel arguments) of a launch, or None when the strides do not
+    collapse to a [P, S, Q] view."""
     mask_only = src is None
     x = out if mask_only else src
     from_ptr = seed.tensor is not None
@@ -179,7 +181,7 @@ def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: 
     if cfg is None:
         view = plan_view(x.shape, x.stride(), out.stride(), shared, per_row)
         if view is None:
-            return False
+            return None
         cfg = _configure(view, out.element_size(), out.is_cuda, out.device, mask_only, per_row, index_offset)
         _CONFIGS[key] = cfg
     v = cfg.view
@@ -187,8 +189,44 @@ def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: 
     args = (x, out, seed.tensor, seed.value, index_offset, v.P, v.S, v.Q, cfg.s_per_program,
             *v.x_strides, *v.out_strides, 1, threshold, *scale,
             from_ptr, per_row, *cfg.constexprs[:1], mask_only, not out.is_cuda, *cfg.constexprs[1:])
+    return key, cfg, args
+
+
+def launch(src: Optional[torch.Tensor], out: torch.Tensor, shared: tuple, seed: Seed, p: float,
+           per_row: bool, index_offset: int = 0) -> bool:
+    """Run the dropout kernel: out = src * mask (out = int8 mask when src is None).
+    Returns False (launching nothing) when the strides do not collapse to a [P, S, Q] view."""
+    prepared = _prepare(src, out, shared, seed, p, per_row, index_offset)
+    if prepared is None:
+        return False
+    key, cfg, args = prepared
     _KERNEL.launch(key, cfg.grid, args, cfg.num_warps)
     return True
+
+
+# Kernel parameters whose values the C++ launcher fills in per call (its Source enum).
+_PARAM_SOURCES = {"x_ptr": 1, "out_ptr": 2, "seed_ptr": 3, "seed_value": 4, "threshold": 5,
+                  "scale_hi": 6, "scale_lo": 7}
+
+
+def plan_for_extension(x, out, seed_tensor, seed_value, p, shared, per_row):
+    """The C++ launcher's planner (csrc/fast_dropout.cpp), for a layout it has not seen:
+    runs out = dropout(x) here, then returns the recipe replaying that launch for later
+    calls with the same layout, or None (e.g. strides that need a copy)."""
+    seed = Seed(seed_tensor, seed_value)
+    prepared = _prepare(x, out, shared, seed, p, per_row, 0)
+    if prepared is None:
+        apply_dropout(x, p, seed, shared, per_row, out=out)
+        return None
+    key, cfg, args = prepared
+    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps)
+    return _KERNEL.recipe(key, cfg.grid, args, cfg.num_warps, _PARAM_SOURCES)
+
+
+def p_constants(p: float) -> tuple:
+    """(threshold, scale_hi, scale_lo) of the kernel for dropout probability p."""
+    threshold, (hi, lo) = _p_constants(p)
+    return threshold, hi, lo
 
 
 # --------------------------------------------------------------------------
@@ -289,6 +327,8 @@ _apply_dropout_function = lean_apply(DropoutFunction)
 # The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction). An
 # opaque op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23).
 def _dropout_op_impl(x, seed_tensor, seed_value, p, shared, per_row):
+    if x.is_cuda:
+        _extension.load()  # once built, its C++ kernels serve seeddrop::dropout on CUDA
     return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row)
 
 
@@ -332,12 +372,17 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
         return x
     if inplace:
         check_no_internal_overlap(x)
+    fast = _extension.load() if x.is_cuda and not inplace and not torch.compiler.is_compiling() else None
+    if fast is not None and seed is None and host_draw_allowed():
+        return fast.dropout_forward(x, None, 0, True, p, shared, False)
     rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() and isinstance(seed, torch.Tensor) else None
     seed = resolve_seed(seed, x.device, rows_shape)
     per_row = seed.tensor is not None and seed.tensor.dim() == 1
     if torch.compiler.is_compiling():
         out = dropout_op(x, seed.tensor, seed.value, p, list(shared), per_row)
         return x.copy_(out) if inplace else out
+    if fast is not None:
+        return fast.dropout_forward(x, seed.tensor, seed.value, False, p, shared, per_row)
     if x.requires_grad and torch.is_grad_enabled():
         return _apply_dropout_function(x, seed.tensor, seed.value, p, shared, per_row, inplace)
     return apply_dropout(x, p, seed, shared, per_row, out=x if inplace else None)

@@ -1,0 +1,47 @@
+"""The optional C++ host path (csrc/fast_dropout.cpp), built on first use on CUDA.
+
+`load()` compiles the extension with torch.utils.cpp_extension (a C++ compiler and ninja
+are needed; the result is cached by PyTorch, ~1 min the first time) and returns the
+module, or None: off the GPU, when SEEDDROP_EXTENSION=0, or when the build fails (then
+a warning says why and every call keeps the Python path, which computes the same
+results). Kernels, planning and the mask stream stay in Python and Triton; the extension
+only replays launches that Python planned (see the C++ file's header).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "fast_dropout.cpp")
+_LOCK = threading.Lock()
+_state = {"tried": False, "module": None}
+
+
+def enabled() -> bool:
+    return os.environ.get("SEEDDROP_EXTENSION", "1") != "0"
+
+
+def load():
+    """The built extension module, or None (see the module docstring)."""
+    if _state["tried"]:
+        return _state["module"]
+    with _LOCK:
+        if _state["tried"]:
+            return _state["module"]
+        module = None
+        if enabled():
+            try:
+                from torch.utils.cpp_extension import load as build
+
+                module = build(name="seeddrop_fast_dropout", sources=[_SOURCE], extra_cflags=["-O2"], verbose=False)
+                from .ops.dropout import plan_for_extension, p_constants
+
+                module.set_planner(plan_for_extension, p_constants)
+            except Exception as error:  # noqa: BLE001 (any build failure falls back to Python)
+                warnings.warn(f"seeddrop: the C++ host path did not build, using the Python path ({error})",
+                              RuntimeWarning, stacklevel=2)
+                module = None
+        _state["module"] = module
+        _state["tried"] = True
+        return module

@@ -1,0 +1,131 @@
+"""The C++ host path (csrc/fast_dropout.cpp, _extension.py): on CUDA, a layout's first
+call is planned and run by Python, later ones are replayed from C++; both must give the
+CPU reference's output bit for bit, forward and backward."""
+import pytest
+import torch
+
+import seeddrop
+from seeddrop import _extension
+from seeddrop._common import draw_seed
+from test_cuda import _same_layout_cuda
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_cpu_calls_never_build_the_extension(monkeypatch):
+    def refuse():
+        raise AssertionError("the C++ extension was asked for on a CPU call")
+
+    monkeypatch.setattr(_extension, "load", refuse)
+    x = torch.randn(3, 50, requires_grad=True)
+    seeddrop.dropout(x, 0.5, seed=3).sum().backward()
+    seeddrop.dropout(x.detach(), 0.5)
+
+
+def test_environment_switch_disables_the_build(monkeypatch):
+    monkeypatch.setenv("SEEDDROP_EXTENSION", "0")
+    monkeypatch.setattr(_extension, "_state", {"tried": False, "module": None})
+    assert _extension.load() is None
+    assert _extension._state["tried"]
+
+
+def _fast():
+    module = _extension.load()
+    assert module is not None, "the C++ host path did not build on this GPU machine (see the warning)"
+    return module
+
+
+def _layouts(gen):
+    base = torch.randn(37, 29, 11, generator=gen)
+    rows = lambda *shape: torch.randint(-(2**63), 2**63 - 1, shape, generator=gen)  # noqa: E731
+    yield "contiguous", base, (), None
+    yield "transposed", base[:, :, 0].t(), (), None
+    yield "sliced", base[::2, 1::3, :], (), None
+    yield "shared0", base, (0,), None
+    yield "shared_last", base, (-1,), None
+    yield "per_row", base, (), rows(37, 29)
+    yield "per_row_shared", base, (1,), rows(37, 1)
+    yield "odd_tail", torch.randn(5, 1001, generator=gen), (), None
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_replayed_launches_match_reference(dtype):
+    """First call: Python plans and launches; later calls: the C++ replay. All equal the
+    CPU reference, for int seeds, 0-d seed tensors and per-row seeds, and when p changes
+    between calls of one layout (p's constants are per call, not part of a recipe)."""
+    fast = _fast()
+    gen = torch.Generator().manual_seed(2024)
+    for name, x_cpu, shared, row_seeds in _layouts(gen):
+        x_cpu = x_cpu.to(dtype)
+        x = _same_layout_cuda(x_cpu)
+        seeds = [row_seeds] if row_seeds is not None else [
+            int(torch.randint(-(2**63), 2**63 - 1, (), generator=gen)), torch.tensor(-77)]
+        fast.clear_recipes()
+        for seed in seeds:
+            gpu_seed = seed.cuda() if isinstance(seed, torch.Tensor) else seed
+            for p in (0.2, 0.9, 0.2):
+                ref = seeddrop.dropout(x_cpu, p, seed=seed, shared_dims=shared)
+                for call in ("planned or replayed", "replayed"):
+                    out = seeddrop.dropout(x, p, seed=gpu_seed, shared_dims=shared)
+                    assert torch.equal(out.cpu(), ref), (name, dtype, p, call)
+        assert fast.cached_recipes() >= 1, name
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_backward_runs_in_the_cpp_node_and_saves_only_the_seed(dtype):
+    _fast()
+    gen = torch.Generator().manual_seed(7)
+    x_cpu = torch.randn(64, 300, generator=gen).to(dtype)
+    grad_cpu = torch.randn(64, 300, generator=gen).to(dtype)
+    for seed in (123456789, torch.tensor(5), torch.randint(-(2**63), 2**63 - 1, (64,), generator=gen)):
+        gpu_seed = seed.cuda() if isinstance(seed, torch.Tensor) else seed
+        saved = []
+        x = x_cpu.cuda().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            y = seeddrop.dropout(x, 0.4, seed=gpu_seed)
+        assert "CppNode" in type(y.grad_fn).__name__
+        assert saved == ([] if isinstance(seed, int) else [tuple(seed.shape)])
+        y.backward(grad_cpu.cuda())
+        expected = seeddrop.dropout(grad_cpu, 0.4, seed=seed)
+        assert torch.equal(x.grad.cpu(), expected), (dtype, seed)
+        assert torch.equal(y.detach().cpu(), seeddrop.dropout(x_cpu, 0.4, seed=seed))
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_seed_drawn_in_cpp_equals_the_python_draw():
+    """seed=None on CUDA is drawn in C++ from torch's default CPU generator, exactly as
+    _common.draw_seed draws it (and as the CPU path does): same masks after manual_seed."""
+    _fast()
+    x = torch.randn(8, 4096, device="cuda")
+    torch.manual_seed(31)
+    drawn_in_cpp = [seeddrop.dropout(x, 0.5) for _ in range(3)]
+    torch.manual_seed(31)
+    drawn_in_python = [seeddrop.dropout(x, 0.5, seed=draw_seed(x.device).value) for _ in range(3)]
+    torch.manual_seed(31)
+    on_cpu = [seeddrop.dropout(x.cpu(), 0.5) for _ in range(3)]
+    for a, b, c in zip(drawn_in_cpp, drawn_in_python, on_cpu):
+        assert torch.equal(a, b) and torch.equal(a.cpu(), c)
+    assert not torch.equal(drawn_in_cpp[0], drawn_in_cpp[1])
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_op_dispatches_to_the_cpp_kernels():
+    """What torch.compile'd graphs call: seeddrop::dropout on CUDA, with and without grad."""
+    _fast()
+    x_cpu = torch.randn(16, 257)
+    op = torch.ops.seeddrop.dropout.default
+    ref = seeddrop.dropout(x_cpu, 0.3, seed=11)
+    seed = torch.tensor(11, device="cuda")
+    assert torch.equal(op(x_cpu.cuda(), seed, 0, 0.3, [], False).cpu(), ref)
+    x = x_cpu.cuda().requires_grad_()
+    y = op(x, seed, 0, 0.3, [], False)
+    assert "CppNode" in type(y.grad_fn).__name__
+    y.sum().backward()
+    assert torch.equal(x.grad.cpu(), seeddrop.dropout(torch.ones_like(x_cpu), 0.3, seed=11))
