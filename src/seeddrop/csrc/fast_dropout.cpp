@@ -39,23 +39,52 @@ using LaunchKernelFn = int (*)(void* function, unsigned grid_x, unsigned grid_y,
                                unsigned block_x, unsigned block_y, unsigned block_z, unsigned shared_bytes,
                                void* stream, void** params, void** extra);
 using ErrorStringFn = int (*)(int error, const char** message);
+using CtxGetCurrentFn = int (*)(void** context);
+using CtxSetCurrentFn = int (*)(void* context);
+using PrimaryCtxRetainFn = int (*)(void** context, int device);
 
 struct Driver {
   LaunchKernelFn launch = nullptr;
   ErrorStringFn error_string = nullptr;
+  CtxGetCurrentFn ctx_get_current = nullptr;
+  CtxSetCurrentFn ctx_set_current = nullptr;
+  PrimaryCtxRetainFn primary_ctx_retain = nullptr;
   Driver() {
     void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     if (lib == nullptr) lib = dlopen("libcuda.so.1", RTLD_NOW);
     TORCH_CHECK(lib != nullptr, "seeddrop: cannot open libcuda.so.1");
     launch = reinterpret_cast<LaunchKernelFn>(dlsym(lib, "cuLaunchKernel"));
     error_string = reinterpret_cast<ErrorStringFn>(dlsym(lib, "cuGetErrorString"));
-    TORCH_CHECK(launch != nullptr, "seeddrop: libcuda.so.1 has no cuLaunchKernel");
+    ctx_get_current = reinterpret_cast<CtxGetCurrentFn>(dlsym(lib, "cuCtxGetCurrent"));
+    ctx_set_current = reinterpret_cast<CtxSetCurrentFn>(dlsym(lib, "cuCtxSetCurrent"));
+    primary_ctx_retain = reinterpret_cast<PrimaryCtxRetainFn>(dlsym(lib, "cuDevicePrimaryCtxRetain"));
+    TORCH_CHECK(launch != nullptr && ctx_get_current != nullptr && ctx_set_current != nullptr &&
+                    primary_ctx_retain != nullptr,
+                "seeddrop: libcuda.so.1 lacks a driver function the launcher needs");
   }
 };
 
 const Driver& driver() {
   static Driver instance;
   return instance;
+}
+
+void check(int status, const char* what) {
+  if (status == 0) return;
+  const char* message = "unknown error";
+  if (driver().error_string != nullptr) driver().error_string(status, &message);
+  TORCH_CHECK(false, "seeddrop: ", what, " failed with CUDA error ", status, ": ", message);
+}
+
+// A thread that has made no CUDA runtime call yet (e.g. autograd's device thread when the
+// caching allocator serves its tensors) has no current context; the driver API needs one.
+// As Triton's launcher does, make the device's primary context current.
+void ensure_context(int device) {
+  void* context = nullptr;
+  check(driver().ctx_get_current(&context), "cuCtxGetCurrent");
+  if (context != nullptr) return;
+  check(driver().primary_ctx_retain(&context, device), "cuDevicePrimaryCtxRetain");
+  check(driver().ctx_set_current(context), "cuCtxSetCurrent");
 }
 
 // ---------------------------------------------------------------------------
@@ -177,13 +206,10 @@ void launch_recipe(const Recipe& recipe, const at::Tensor& x, const at::Tensor& 
   pointers[n + 1] = &slots[n + 1];
   const c10::Device device = x.device();
   void* stream = c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
-  const int status = driver().launch(recipe.function, recipe.grid, 1, 1, recipe.block, 1, 1, recipe.shared_bytes,
-                                     stream, pointers.data(), nullptr);
-  if (status != 0) {
-    const char* message = "unknown error";
-    if (driver().error_string != nullptr) driver().error_string(status, &message);
-    TORCH_CHECK(false, "seeddrop: cuLaunchKernel failed with CUDA error ", status, ": ", message);
-  }
+  ensure_context(device.index());
+  check(driver().launch(recipe.function, recipe.grid, 1, 1, recipe.block, 1, 1, recipe.shared_bytes, stream,
+                        pointers.data(), nullptr),
+        "cuLaunchKernel");
 }
 
 // out = dropout(x) on the GPU: a cached recipe, or the Python planner (which runs the call).
@@ -309,6 +335,10 @@ void clear_recipes() {
 
 TORCH_LIBRARY_IMPL(seeddrop, CUDA, m) { m.impl("dropout", dropout_cuda); }
 TORCH_LIBRARY_IMPL(seeddrop, AutogradCUDA, m) { m.impl("dropout", dropout_autograd); }
+#ifdef SEEDDROP_CPU_DISPATCH_FOR_TESTS  // CPU tensors through the same code (the planner runs every call)
+TORCH_LIBRARY_IMPL(seeddrop, CPU, m) { m.impl("dropout", dropout_cuda); }
+TORCH_LIBRARY_IMPL(seeddrop, AutogradCPU, m) { m.impl("dropout", dropout_autograd); }
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_forward", &dropout_forward);
