@@ -1,6 +1,11 @@
 """The C++ host path (csrc/fast_dropout.cpp, _extension.py): on CUDA, a layout's first
 call is planned and run by Python, later ones are replayed from C++; both must give the
 CPU reference's output bit for bit, forward and backward."""
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -133,3 +138,13 @@ def test_cuda_op_dispatches_to_the_cpp_kernels():
     assert "DropoutFunction" in y.grad_fn.name()  # the C++ node
     y.sum().backward()
     assert torch.equal(x.grad.cpu(), seeddrop.dropout(torch.ones_like(x_cpu), 0.3, seed=11))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or shutil.which("c++") is None,
+                    reason="builds the extension for CPU tensors; the planner needs Triton's interpreter")
+def test_cpp_entry_autograd_node_and_op_kernels_on_cpu():
+    """csrc/fast_dropout.cpp built with CPU dispatch, in a subprocess (tests/extension_cpu_check.py)."""
+    script = os.path.join(os.path.dirname(__file__), "extension_cpu_check.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "extension cpu check: ok" in done.stdout

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -300,15 +301,22 @@ at::Tensor dropout_autograd(const at::Tensor& x, const std::optional<at::Tensor>
 constexpr int64_t kSeedLow = INT64_MIN;
 constexpr int64_t kSeedHigh = INT64_MAX;
 
+// The seed _common.draw_seed draws: Tensor.random_(kSeedLow, kSeedHigh) of a CPU int64
+// tensor from torch's default CPU generator, i.e. ATen's uniform_int_from_to_distribution
+// (one random64() for a range >= 2**28). tests/test_extension.py checks both draws agree.
+int64_t draw_seed() {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  const uint64_t range = static_cast<uint64_t>(kSeedHigh) - static_cast<uint64_t>(kSeedLow);
+  const uint64_t bits = at::check_generator<at::CPUGeneratorImpl>(generator)->random64();
+  return static_cast<int64_t>(bits % range + static_cast<uint64_t>(kSeedLow));
+}
+
 // seeddrop.dropout(x, p, seed=...) on a CUDA tensor, after Python validated the call.
-// draw_seed: draw the seed from torch's default CPU generator exactly as
-// _common.draw_seed does (the same value for the same generator state).
+// draw: draw the seed here (draw_seed()) instead of using seed_value.
 at::Tensor dropout_forward(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value,
-                           bool draw_seed, double p, std::vector<int64_t> shared, bool per_row) {
-  if (draw_seed) {
-    at::Tensor buffer = at::empty({}, at::TensorOptions().dtype(at::kLong));
-    seed_value = buffer.random_(kSeedLow, kSeedHigh, at::detail::getDefaultCPUGenerator()).item<int64_t>();
-  }
+                           bool draw, double p, std::vector<int64_t> shared, bool per_row) {
+  if (draw) seed_value = draw_seed();
   if (at::GradMode::is_enabled() && x.requires_grad()) {
     return DropoutFunction::apply(x, seed_tensor, seed_value, p, std::move(shared), per_row);
   }

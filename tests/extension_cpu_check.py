@@ -1,0 +1,55 @@
+"""Run by tests/test_extension.py in a subprocess (it registers CPU kernels for
+seeddrop::dropout, which must not leak into other tests): builds csrc/fast_dropout.cpp
+with SEEDDROP_CPU_DISPATCH_FOR_TESTS, so that CPU tensors take the C++ entry, autograd
+node and dispatcher kernels. On the CPU no recipe is cached (the interpreter's launches
+cannot be replayed), so the Python planner runs every call: this checks the C++ code's
+logic, not cuLaunchKernel (the CUDA tests do)."""
+import torch
+from torch.utils.cpp_extension import load
+
+import seeddrop
+import seeddrop._common as common
+from seeddrop import _extension
+from seeddrop.ops.dropout import p_constants, plan_for_extension
+
+module = load(name="seeddrop_fast_dropout_cpu_check", sources=[_extension._SOURCE],
+              extra_cflags=["-O1", "-DSEEDDROP_CPU_DISPATCH_FOR_TESTS"], verbose=False)
+module.set_planner(plan_for_extension, p_constants)
+gen = torch.Generator().manual_seed(5)
+
+for dtype in (torch.float32, torch.bfloat16, torch.float64):
+    x = torch.randn(6, 5, 40, generator=gen).to(dtype)
+    grad = torch.randn(6, 5, 40, generator=gen).to(dtype)
+    row_seeds = torch.randint(-(2**63), 2**63 - 1, (6,), generator=gen)
+    for seed_tensor, seed_value, shared, per_row in [(None, 987654321, (), False), (torch.tensor(-3), 0, (), False),
+                                                     (row_seeds, 0, (1,), True), (None, -5, (0, 2), False)]:
+        seed = row_seeds.reshape(6, 1) if per_row else (seed_tensor if seed_tensor is not None else seed_value)
+        expected = seeddrop.dropout(x, 0.3, seed=seed, shared_dims=shared)
+        leaf = x.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            out = module.dropout_forward(leaf, seed_tensor, seed_value, False, 0.3, shared, per_row)
+        assert torch.equal(out, expected), (dtype, shared)
+        assert "DropoutFunction" in out.grad_fn.name()
+        assert saved == ([] if seed_tensor is None else [tuple(seed_tensor.shape)])
+        for _ in range(2):  # retain_graph: the node runs twice from its saved seed
+            (grad_x,) = torch.autograd.grad(out, [leaf], grad, retain_graph=True)
+            assert torch.equal(grad_x, seeddrop.dropout(grad, 0.3, seed=seed, shared_dims=shared))
+        op_out = torch.ops.seeddrop.dropout.default(leaf, seed_tensor, seed_value, 0.3, list(shared), per_row)
+        assert torch.equal(op_out, expected) and "DropoutFunction" in op_out.grad_fn.name()
+        with torch.no_grad():
+            assert torch.equal(module.dropout_forward(leaf, seed_tensor, seed_value, False, 0.3, shared, per_row),
+                               expected)
+
+# the seed drawn in C++ equals _common.draw_seed's (eager CUDA path: a host draw)
+common._in_graph = lambda: False
+x = torch.randn(3, 64, generator=gen)
+for state in (0, 1, 2**40 + 7):
+    torch.manual_seed(state)
+    in_cpp = [module.dropout_forward(x, None, 0, True, 0.5, (), False) for _ in range(3)]
+    torch.manual_seed(state)
+    in_python = [seeddrop.dropout(x, 0.5, seed=common.draw_seed(torch.device("cuda")).value) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(in_cpp, in_python))
+    assert not torch.equal(in_cpp[0], in_cpp[1])
+assert module.cached_recipes() == 0
+print("extension cpu check: ok")
