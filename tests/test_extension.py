@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 import seeddrop
 from seeddrop import _extension
@@ -140,8 +141,10 @@ def test_cuda_op_dispatches_to_the_cpp_kernels():
     assert torch.equal(x.grad.cpu(), seeddrop.dropout(torch.ones_like(x_cpu), 0.3, seed=11))
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or shutil.which("c++") is None,
-                    reason="builds the extension for CPU tensors; the planner needs Triton's interpreter")
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or shutil.which("c++") is None
+                    or not cpp_extension.is_ninja_available(),
+                    reason="builds the extension for CPU tensors (a C++ compiler and ninja); the planner needs "
+                           "Triton's interpreter")
 def test_cpp_entry_autograd_node_and_op_kernels_on_cpu():
     """csrc/fast_dropout.cpp built with CPU dispatch, in a subprocess (tests/extension_cpu_check.py)."""
     script = os.path.join(os.path.dirname(__file__), "extension_cpu_check.py")

@@ -14,7 +14,9 @@
 // No CUDA header is needed: the stream comes from c10, cuLaunchKernel from libcuda.so.1.
 #include <dlfcn.h>
 
+#include <array>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -120,8 +122,10 @@ struct PConstants {
   int64_t threshold = 0, scale_hi = 0, scale_lo = 0;
 };
 
+constexpr size_t kMaxRecipes = 4096;
+constexpr size_t kMaxParams = 64;
 std::mutex cache_mutex;
-std::unordered_map<std::vector<int64_t>, Recipe, KeyHash> recipes;
+std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Recipe>, KeyHash> recipes;
 PConstants last_p;
 // Python callables, never destroyed (the interpreter may be gone when statics are):
 py::object* planner = nullptr;      // (x, out, seed_tensor, seed_value, p, shared, per_row) -> recipe or None
@@ -156,9 +160,13 @@ Recipe parse_recipe(const py::handle& obj) {
   recipe.grid = items[1].cast<unsigned>();
   recipe.block = items[2].cast<unsigned>();
   recipe.shared_bytes = items[3].cast<unsigned>();
-  for (auto param : items[4].cast<py::tuple>()) {
+  auto params = items[4].cast<py::tuple>();
+  TORCH_CHECK(params.size() <= kMaxParams, "seeddrop: a recipe with ", params.size(), " kernel parameters");
+  for (auto param : params) {
     auto fields = param.cast<py::tuple>();
     recipe.params.push_back({fields[0].cast<int64_t>(), fields[1].cast<int64_t>(), fields[2].cast<int64_t>()});
+    TORCH_CHECK(recipe.params.back().bytes == 4 || recipe.params.back().bytes == 8,
+                "seeddrop: a kernel parameter of ", recipe.params.back().bytes, " bytes");
   }
   return recipe;
 }
@@ -180,8 +188,8 @@ void launch_recipe(const Recipe& recipe, const at::Tensor& x, const at::Tensor& 
                    int64_t seed_value, double p) {
   const PConstants c = constants_for(p);
   const size_t n = recipe.params.size();
-  std::vector<uint64_t> slots(n + 2, 0);  // + Triton's global and profile scratch pointers (null)
-  std::vector<void*> pointers(n + 2);
+  std::array<uint64_t, kMaxParams + 2> slots{};  // + Triton's global and profile scratch pointers (null)
+  std::array<void*, kMaxParams + 2> pointers;
   for (size_t i = 0; i < n; ++i) {
     const Param& param = recipe.params[i];
     int64_t value = param.value;
@@ -224,9 +232,9 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
     std::unique_lock<std::mutex> lock(cache_mutex);
     auto found = recipes.find(key);
     if (found != recipes.end()) {
-      const Recipe recipe = found->second;
+      const std::shared_ptr<const Recipe> recipe = found->second;
       lock.unlock();
-      launch_recipe(recipe, x, out, seed, seed_value, p);
+      launch_recipe(*recipe, x, out, seed, seed_value, p);
       return;
     }
   }
@@ -234,8 +242,9 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
   py::object seed_obj = seed == nullptr ? py::none() : py::cast(*seed);
   py::object result = (*planner)(x, out, seed_obj, seed_value, p, py::tuple(py::cast(shared.vec())), per_row);
   if (!result.is_none()) {
-    Recipe recipe = parse_recipe(result);
+    auto recipe = std::make_shared<const Recipe>(parse_recipe(result));
     std::lock_guard<std::mutex> lock(cache_mutex);
+    if (recipes.size() >= kMaxRecipes) recipes.clear();  // e.g. a new sequence length every step
     recipes.emplace(std::move(key), std::move(recipe));
   }
 }
