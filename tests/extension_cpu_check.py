@@ -5,6 +5,7 @@ node and dispatcher kernels. On the CPU no recipe is cached (the interpreter's l
 cannot be replayed), so the Python planner runs every call: this checks the C++ code's
 logic, not cuLaunchKernel (the CUDA tests do)."""
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils.cpp_extension import load
 
 import seeddrop
@@ -30,13 +31,13 @@ for dtype in (torch.float32, torch.bfloat16, torch.float64):
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
             out = module.dropout_forward(leaf, seed_tensor, seed_value, False, 0.3, shared, per_row)
         assert torch.equal(out, expected), (dtype, shared)
-        assert "DropoutFunction" in out.grad_fn.name()
+        assert "CppNode" in out.grad_fn.name()
         assert saved == ([] if seed_tensor is None else [tuple(seed_tensor.shape)])
         for _ in range(2):  # retain_graph: the node runs twice from its saved seed
             (grad_x,) = torch.autograd.grad(out, [leaf], grad, retain_graph=True)
             assert torch.equal(grad_x, seeddrop.dropout(grad, 0.3, seed=seed, shared_dims=shared))
         op_out = torch.ops.seeddrop.dropout.default(leaf, seed_tensor, seed_value, 0.3, list(shared), per_row)
-        assert torch.equal(op_out, expected) and "DropoutFunction" in op_out.grad_fn.name()
+        assert torch.equal(op_out, expected) and "CppNode" in op_out.grad_fn.name()
         with torch.no_grad():
             assert torch.equal(module.dropout_forward(leaf, seed_tensor, seed_value, False, 0.3, shared, per_row),
                                expected)
@@ -77,6 +78,28 @@ compiled_out = compiled(x, seeds)
 (compiled_grad,) = torch.autograd.grad(compiled_out.sum(), [x])
 assert torch.equal(eager_out, compiled_out) and torch.equal(eager_grad, compiled_grad)
 assert len(planned) == 2, planned  # the compiled forward and backward ran the C++ CPU kernel
+
+# an int seed that changes every call is a SymInt of the op, not a constant: no recompile
+counter = CompileCounterWithBackend("aot_eager")
+dynamic_seed = torch.compile(lambda t, s: seeddrop.dropout(t, 0.5, seed=s), backend=counter, fullgraph=True)
+x = torch.randn(8, 32, generator=gen, requires_grad=True)
+for s in range(1001, 1007):
+    out = dynamic_seed(x, s)
+    assert torch.equal(out, seeddrop.dropout(x.detach(), 0.5, seed=s))
+    out.sum().backward()
+assert counter.frame_count <= 2, counter.frame_count
+
+# the op's checks of a seed tensor (Python's resolve_seed makes these hold for its own calls)
+op = torch.ops.seeddrop.dropout.default
+for bad_seed, per_row, message in [(torch.tensor(1, dtype=torch.int32), False, "must be int64"),
+                                   (torch.zeros(7, dtype=torch.int64), True, "must have shape"),
+                                   (torch.zeros(8, dtype=torch.int64), False, "must have shape")]:
+    try:
+        op(x.detach(), bad_seed, 0, 0.5, [], per_row)
+    except RuntimeError as error:
+        assert message in str(error), error
+    else:
+        raise AssertionError(f"the op accepted the seed tensor {bad_seed}")
 
 assert module.cached_recipes() == 0
 print("extension cpu check: ok")

@@ -12,7 +12,8 @@ from torch.utils import cpp_extension
 
 import seeddrop
 from seeddrop import _extension
-from seeddrop._common import draw_seed, normalize_dims, plan_view
+from seeddrop._common import draw_seed, normalize_dims, plan_view, resolve_seed
+from seeddrop.ops import dropout as dropout_module
 from test_cuda import _same_layout_cuda
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -98,11 +99,17 @@ def test_cuda_backward_runs_in_the_cpp_node_and_saves_only_the_seed(dtype):
         x = x_cpu.cuda().requires_grad_()
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
             y = seeddrop.dropout(x, 0.4, seed=gpu_seed)
-        assert "DropoutFunction" in y.grad_fn.name()  # the C++ node
+        assert "CppNode" in y.grad_fn.name()  # the C++ node, not DropoutFunctionBackward
         assert saved == ([] if isinstance(seed, int) else [tuple(seed.shape)])
         y.backward(grad_cpu.cuda())
         expected = seeddrop.dropout(grad_cpu, 0.4, seed=seed)
         assert torch.equal(x.grad.cpu(), expected), (dtype, seed)
+        # a gradient laid out unlike the output: a layout the cache has not seen, planned by
+        # Python from autograd's device thread
+        x.grad = None
+        y = seeddrop.dropout(x, 0.4, seed=gpu_seed)
+        y.backward(grad_cpu.t().contiguous().cuda().t())
+        assert torch.equal(x.grad.cpu(), expected), (dtype, seed, "transposed grad")
         assert torch.equal(y.detach().cpu(), seeddrop.dropout(x_cpu, 0.4, seed=seed))
 
 
@@ -113,8 +120,15 @@ def test_cuda_seed_drawn_in_cpp_equals_the_python_draw():
     _common.draw_seed draws it (and as the CPU path does): same masks after manual_seed."""
     _fast()
     x = torch.randn(8, 4096, device="cuda")
-    torch.manual_seed(31)
-    drawn_in_cpp = [seeddrop.dropout(x, 0.5) for _ in range(3)]
+
+    def no_python_draw(seed, *args):
+        assert seed is not None, "seed=None reached Python's resolve_seed: the C++ draw did not run"
+        return resolve_seed(seed, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dropout_module, "resolve_seed", no_python_draw)
+        torch.manual_seed(31)
+        drawn_in_cpp = [seeddrop.dropout(x, 0.5) for _ in range(3)]
     torch.manual_seed(31)
     drawn_in_python = [seeddrop.dropout(x, 0.5, seed=draw_seed(x.device).value) for _ in range(3)]
     torch.manual_seed(31)
@@ -128,15 +142,22 @@ def test_cuda_seed_drawn_in_cpp_equals_the_python_draw():
 @needs_cuda
 def test_cuda_op_dispatches_to_the_cpp_kernels():
     """What torch.compile'd graphs call: seeddrop::dropout on CUDA, with and without grad."""
-    _fast()
+    fast = _fast()
+    fast.clear_recipes()
     x_cpu = torch.randn(16, 257)
     op = torch.ops.seeddrop.dropout.default
     ref = seeddrop.dropout(x_cpu, 0.3, seed=11)
     seed = torch.tensor(11, device="cuda")
-    assert torch.equal(op(x_cpu.cuda(), seed, 0, 0.3, [], False).cpu(), ref)
+    for _ in range(2):
+        assert torch.equal(op(x_cpu.cuda(), seed, 0, 0.3, [], False).cpu(), ref)
+    assert fast.cached_recipes() == 1  # the C++ CUDA kernel served the op (Python caches no recipe)
+    with pytest.raises(RuntimeError, match="seed_tensor must be int64"):
+        op(x_cpu.cuda(), seed.int(), 0, 0.3, [], False)
+    with pytest.raises(RuntimeError, match="seed_tensor must have shape"):
+        op(x_cpu.cuda(), torch.zeros(15, dtype=torch.int64, device="cuda"), 0, 0.3, [], True)
     x = x_cpu.cuda().requires_grad_()
     y = op(x, seed, 0, 0.3, [], False)
-    assert "DropoutFunction" in y.grad_fn.name()  # the C++ node
+    assert "CppNode" in y.grad_fn.name()
     y.sum().backward()
     assert torch.equal(x.grad.cpu(), seeddrop.dropout(torch.ones_like(x_cpu), 0.3, seed=11))
 

@@ -2,7 +2,7 @@
 
 `load()` compiles the extension with torch.utils.cpp_extension (a C++ compiler and ninja
 are needed; the result is cached by PyTorch, ~1 min the first time) and returns the
-module, or None: off the GPU, when SEEDDROP_EXTENSION=0, or when the build fails (then
+module, or None: without Triton, when SEEDDROP_EXTENSION=0, or when the build fails (then
 a warning says why and every call keeps the Python path, which computes the same
 results). Kernels, planning and the mask stream stay in Python and Triton; the extension
 only replays launches that Python planned (see the C++ file's header).
@@ -30,7 +30,9 @@ def load():
         if _state["tried"]:
             return _state["module"]
         module = None
-        if enabled():
+        from .stream import HAS_TRITON
+
+        if enabled() and HAS_TRITON:  # without Triton, CUDA calls raise the Python path's error
             try:
                 from torch.utils.cpp_extension import load as build
 

@@ -14,6 +14,7 @@
 // No CUDA header is needed: the stream comes from c10, cuLaunchKernel from libcuda.so.1.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <memory>
@@ -118,7 +119,6 @@ struct KeyHash {
 };
 
 struct PConstants {
-  double p = -1.0;
   int64_t threshold = 0, scale_hi = 0, scale_lo = 0;
 };
 
@@ -126,7 +126,7 @@ constexpr size_t kMaxRecipes = 4096;
 constexpr size_t kMaxParams = 64;
 std::mutex cache_mutex;
 std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Recipe>, KeyHash> recipes;
-PConstants last_p;
+std::unordered_map<double, PConstants> p_cache;  // a model uses a few p
 // Python callables, never destroyed (the interpreter may be gone when statics are):
 py::object* planner = nullptr;      // (x, out, seed_tensor, seed_value, p, shared, per_row) -> recipe or None
 py::object* p_constants = nullptr;  // p -> (threshold, scale_hi, scale_lo)
@@ -174,13 +174,15 @@ Recipe parse_recipe(const py::handle& obj) {
 PConstants constants_for(double p) {
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    if (last_p.p == p) return last_p;
+    auto found = p_cache.find(p);
+    if (found != p_cache.end()) return found->second;
   }
   py::gil_scoped_acquire gil;
   auto values = (*p_constants)(p).cast<py::tuple>();
-  PConstants c{p, values[0].cast<int64_t>(), values[1].cast<int64_t>(), values[2].cast<int64_t>()};
+  PConstants c{values[0].cast<int64_t>(), values[1].cast<int64_t>(), values[2].cast<int64_t>()};
   std::lock_guard<std::mutex> lock(cache_mutex);
-  last_p = c;
+  if (p_cache.size() >= kMaxRecipes) p_cache.clear();
+  p_cache.emplace(p, c);
   return c;
 }
 
@@ -238,6 +240,7 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
       return;
     }
   }
+  TORCH_CHECK(planner != nullptr, "seeddrop: the C++ host path was called before seeddrop set its planner");
   py::gil_scoped_acquire gil;
   py::object seed_obj = seed == nullptr ? py::none() : py::cast(*seed);
   py::object result = (*planner)(x, out, seed_obj, seed_value, p, py::tuple(py::cast(shared.vec())), per_row);
@@ -249,8 +252,23 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
   }
 }
 
+// The checks Python's seed handling guarantees for its own calls (the op can be called directly).
+void check_seed(const at::Tensor& x, const at::Tensor& seed, at::IntArrayRef shared, bool per_row) {
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.device() == x.device(),
+              "seeddrop::dropout: seed_tensor must be int64 on the device of x, but got ", seed.scalar_type(), " on ",
+              seed.device());
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) {
+    if (std::find(shared.begin(), shared.end(), d) == shared.end()) rows *= x.size(d);
+  }
+  TORCH_CHECK(per_row ? seed.dim() == 1 && seed.numel() == rows : seed.dim() == 0,
+              "seeddrop::dropout: seed_tensor must have shape ", per_row ? "[rows of the mask]" : "[]",
+              " but got ", seed.sizes());
+}
+
 at::Tensor dropout_cuda(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value,
                         double p, at::IntArrayRef shared, bool per_row) {
+  if (seed_tensor.has_value() && seed_tensor->defined()) check_seed(x, *seed_tensor, shared, per_row);
   at::Tensor out = at::empty_like(x);
   run_dropout(x, out, seed_tensor, seed_value, p, shared, per_row);
   return out;
@@ -261,19 +279,19 @@ at::Tensor dropout_cuda(const at::Tensor& x, const std::optional<at::Tensor>& se
 // Both directions call seeddrop::dropout through the dispatcher, so tracers (fake tensors
 // under torch.compile) see the op instead of a launch.
 // ---------------------------------------------------------------------------
-at::Tensor call_op(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, double p,
-                   at::IntArrayRef shared, bool per_row) {
+at::Tensor call_op(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, c10::SymInt seed_value, double p,
+                   c10::SymIntArrayRef shared, bool per_row) {
   static const auto op = c10::Dispatcher::singleton()
       .findSchemaOrThrow("seeddrop::dropout", "")
       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, c10::SymInt, double,
                         c10::SymIntArrayRef, bool)>();
-  return op.call(x, seed_tensor, c10::SymInt(seed_value), p, c10::fromIntArrayRefSlow(shared), per_row);
+  return op.call(x, seed_tensor, std::move(seed_value), p, shared, per_row);
 }
 
 struct DropoutFunction : public torch::autograd::Function<DropoutFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, double p,
-                            std::vector<int64_t> shared, bool per_row) {
+                            const std::optional<at::Tensor>& seed_tensor, c10::SymInt seed_value, double p,
+                            std::vector<c10::SymInt> shared, bool per_row) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({seed_tensor.has_value() ? *seed_tensor : at::Tensor()});
     ctx->saved_data["seed_value"] = seed_value;
@@ -288,15 +306,15 @@ struct DropoutFunction : public torch::autograd::Function<DropoutFunction> {
     const at::Tensor seed = ctx->get_saved_variables()[0];
     std::optional<at::Tensor> seed_tensor;
     if (seed.defined()) seed_tensor = seed;
-    const auto shared = ctx->saved_data["shared"].toIntVector();
-    at::Tensor grad_x = call_op(grads[0], seed_tensor, ctx->saved_data["seed_value"].toInt(),
+    const auto shared = ctx->saved_data["shared"].toSymIntVector();
+    at::Tensor grad_x = call_op(grads[0], seed_tensor, ctx->saved_data["seed_value"].toSymInt(),
                                      ctx->saved_data["p"].toDouble(), shared, ctx->saved_data["per_row"].toBool());
     return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor dropout_autograd(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value,
-                            double p, at::IntArrayRef shared, bool per_row) {
+at::Tensor dropout_autograd(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, c10::SymInt seed_value,
+                            double p, c10::SymIntArrayRef shared, bool per_row) {
   if (at::GradMode::is_enabled() && x.requires_grad()) {
     return DropoutFunction::apply(x, seed_tensor, seed_value, p, shared.vec(), per_row);
   }
@@ -327,7 +345,7 @@ at::Tensor dropout_forward(const at::Tensor& x, const std::optional<at::Tensor>&
                            bool draw, double p, std::vector<int64_t> shared, bool per_row) {
   if (draw) seed_value = draw_seed();
   if (at::GradMode::is_enabled() && x.requires_grad()) {
-    return DropoutFunction::apply(x, seed_tensor, seed_value, p, std::move(shared), per_row);
+    return DropoutFunction::apply(x, seed_tensor, c10::SymInt(seed_value), p, c10::fromIntArrayRefSlow(shared).vec(), per_row);
   }
   return dropout_cuda(x, seed_tensor, seed_value, p, shared, per_row);
 }
@@ -345,7 +363,7 @@ size_t cached_recipes() {
 void clear_recipes() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   recipes.clear();
-  last_p = PConstants();
+  p_cache.clear();
 }
 
 }  // namespace
