@@ -2,7 +2,8 @@
 
 Covers plain dropout, per-row seed vectors and variational (shared-dims) dropout:
 all three are one kernel over a [P, S, Q] view of the tensor (see _common.View).
-The only state kept for backward is the seed.
+The only state kept for backward is the seed. On CUDA, calls go through the C++ host path
+(csrc/fast_dropout.cpp), which replays launches planned here (plan_for_extension).
 """
 from __future__ import annotations
 
@@ -324,8 +325,10 @@ class DropoutFunction(torch.autograd.Function):
 _apply_dropout_function = lean_apply(DropoutFunction)
 
 
-# The op torch.compile sees (eager calls skip the dispatcher and use DropoutFunction). An
-# opaque op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23).
+# The op torch.compile sees (eager calls skip the dispatcher: on CUDA they enter the C++
+# host path, elsewhere DropoutFunction). On CUDA, once the extension is built, its C++
+# kernels replace this Python one and the Autograd kernel of _library.define_op. An opaque
+# op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23).
 def _dropout_op_impl(x, seed_tensor, seed_value, p, shared, per_row):
     if x.is_cuda:
         _extension.load()  # once built, its C++ kernels serve seeddrop::dropout on CUDA
