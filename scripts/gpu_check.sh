@@ -21,7 +21,7 @@ want() { [[ " $parts " == *" $1 "* || " $parts " == *" all "* ]]; }
   date -u +%Y-%m-%dT%H:%MZ; } | tee "$RESULTS/gpu.txt"
 status=0
 if want tests; then
-  python -m pytest -q -m cuda tests 2>&1 | tee "$RESULTS/pytest_cuda.log" | tail -n 15
+  python -m pytest -m cuda tests 2>&1 | tee "$RESULTS/pytest_cuda.log" | tail -n 15
   status=$((status | PIPESTATUS[0]))
 fi
 if want bench; then python -m seeddrop bench --out "$RESULTS/bench" --no-progress 2>&1 | tee "$RESULTS/bench.log" | tail -n 5; fi
