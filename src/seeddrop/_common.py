@@ -160,10 +160,10 @@ def seed_generator(generator: torch.Generator):
         _HOST_DRAW.generator = previous
 
 
-def host_draw_allowed() -> bool:
-    """draw_seed(a CUDA device) would draw from torch's default CPU generator on the host
-    (no seed_generator block, not compiling, not capturing a CUDA graph)."""
-    return getattr(_HOST_DRAW, "generator", None) is None and not _in_graph()
+def eager_host_draw_allowed() -> bool:
+    """For an eager (not compiling) call on CUDA: draw_seed would draw from torch's default
+    CPU generator on the host (no seed_generator block, not capturing a CUDA graph)."""
+    return getattr(_HOST_DRAW, "generator", None) is None and not torch.cuda.is_current_stream_capturing()
 
 
 def _in_graph() -> bool:

@@ -27,7 +27,7 @@ from .._common import (
     normalize_dims,
     plan_view,
     resolve_seed,
-    host_draw_allowed,
+    eager_host_draw_allowed,
     scale_halves,
     seed_as_tensor,
     sm_count,
@@ -376,16 +376,16 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
     if inplace:
         check_no_internal_overlap(x)
     fast = _extension.load() if x.is_cuda and not inplace and not torch.compiler.is_compiling() else None
-    if fast is not None and seed is None and host_draw_allowed():
+    if fast is not None and seed is None and eager_host_draw_allowed():
         return fast.dropout_forward(x, None, 0, True, p, shared, False)
     rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() and isinstance(seed, torch.Tensor) else None
     seed = resolve_seed(seed, x.device, rows_shape)
     per_row = seed.tensor is not None and seed.tensor.dim() == 1
+    if fast is not None:  # (never while compiling)
+        return fast.dropout_forward(x, seed.tensor, seed.value, False, p, shared, per_row)
     if torch.compiler.is_compiling():
         out = dropout_op(x, seed.tensor, seed.value, p, list(shared), per_row)
         return x.copy_(out) if inplace else out
-    if fast is not None:
-        return fast.dropout_forward(x, seed.tensor, seed.value, False, p, shared, per_row)
     if x.requires_grad and torch.is_grad_enabled():
         return _apply_dropout_function(x, seed.tensor, seed.value, p, shared, per_row, inplace)
     return apply_dropout(x, p, seed, shared, per_row, out=x if inplace else None)
