@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks in one device call: the CUDA tests, then the benchmarks.
 # Usage: bash scripts/gpu_check.sh [tests] [bench] [core] [dropout_add] [sparse_jl] [gpt2] [tune] [ab] [all]
-# (tune: plan sweeps, the host-overhead breakdown, the backward host probe and a GPT-2 step profile; ab: host overhead and
+# (tune: plan sweeps, the host-overhead breakdown, the backward host probe, a GPT-2 step profile and its phases; ab: host overhead and
 # the compiled GPT-2 step under both op registrations, SEEDDROP_OP_REGISTRATION; neither is part of all)
 # Results go to $RESULTS (default ./gpu_results); when $OUT is set (the device tool) they are
 # also packed into $OUT/gpu_results.tgz. Short tables are printed last.
@@ -36,6 +36,7 @@ if [[ " $parts " == *" tune "* ]]; then
   python benchmarks/overhead_breakdown.py 2>&1 | tee "$RESULTS/overhead_breakdown.log"
   python benchmarks/probe_backward_host.py 2>&1 | tee "$RESULTS/probe_backward_host.log"
   python benchmarks/profile_gpt2.py --out "$RESULTS" --no-eager 2>&1 | tee "$RESULTS/profile_gpt2.log" | tail -n 3
+  python benchmarks/gpt2_phases.py 2>&1 | tee "$RESULTS/gpt2_phases.log" | tail -n 6
   python benchmarks/tune_variational.py 2>&1 | tee "$RESULTS/tune_variational.log"
   python benchmarks/tune_dropout_add.py 2>&1 | tee "$RESULTS/tune_dropout_add.log"
   python benchmarks/tune_sparse_jl.py 2>&1 | tee "$RESULTS/tune_sparse_jl.log"
