@@ -2,8 +2,9 @@
 
 For each variant, CUDA events split a step into forward, backward and optimizer, and the
 host's own time for each phase is taken beside them; the variants run in turns (rounds), so
-host-speed drift hits all of them alike. A phase whose GPU time exceeds its kernels' time has
-GPU idle gaps, i.e. the host did not keep up there.
+host-speed drift hits all of them alike ("no dropout": nn.Identity in place of every dropout
+module, the floor). A phase whose GPU time is its host time plus a short tail is host bound:
+the GPU waited for the host there.
 
 python benchmarks/gpt2_phases.py [--rounds 3] [--steps 10] [--variants ...]
 """
@@ -12,6 +13,7 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
 import seeddrop
 from bench_gpt2 import GPT  # this folder (python benchmarks/gpt2_phases.py puts it on sys.path)
@@ -22,7 +24,12 @@ PHASES = ("forward", "backward", "optimizer")
 def make_step(variant, batch):
     torch.manual_seed(0)
     model = GPT(fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
-    if variant != "nn.Dropout":
+    if variant == "no dropout":  # the floor: every dropout module replaced by nn.Identity
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Dropout):
+                    setattr(module, name, nn.Identity())
+    elif variant != "nn.Dropout":
         seeddrop.replace_dropout(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     idx = torch.randint(0, 50304, (batch, 1024), device="cuda")
@@ -55,7 +62,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--variants", nargs="*", default=["nn.Dropout", "seeddrop.Dropout", "seeddrop.dropout_add"])
+    ap.add_argument("--variants", nargs="*",
+                    default=["nn.Dropout", "seeddrop.Dropout", "seeddrop.dropout_add", "no dropout"])
     args = ap.parse_args()
     steps = {v: make_step(v, args.batch) for v in args.variants}
     samples = {v: [] for v in args.variants}
