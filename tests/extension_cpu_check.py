@@ -12,10 +12,11 @@ import seeddrop
 import seeddrop._common as common
 from seeddrop import _extension
 from seeddrop.ops.dropout import p_constants, plan_for_extension
+from seeddrop.ops.dropout_add import check_activation, plan_backward_for_extension, plan_forward_for_extension
 
 module = load(name="seeddrop_fast_dropout_cpu_check", sources=[_extension._SOURCE],
               extra_cflags=["-O1", "-DSEEDDROP_CPU_DISPATCH_FOR_TESTS"], verbose=False)
-module.set_planner(plan_for_extension, p_constants)
+_extension.set_planners(module)
 gen = torch.Generator().manual_seed(5)
 
 for dtype in (torch.float32, torch.bfloat16, torch.float64):
@@ -42,6 +43,50 @@ for dtype in (torch.float32, torch.bfloat16, torch.float64):
             assert torch.equal(module.dropout_forward(leaf, seed_tensor, seed_value, False, 0.3, shared, per_row),
                                expected)
 
+# dropout_add's entry and autograd node: equal to the Python path, output and gradients
+ACTS = {torch.float32: (None, "relu", "gelu", "gelu_tanh", "silu"), torch.bfloat16: (None, "gelu"),
+        torch.float64: ("silu",)}
+for dtype, acts in ACTS.items():
+    for act in acts:
+        for cols, bias_on, seed, training, wanted in [(40, True, 12345, True, (0, 1, 2)),
+                                                      (37, False, torch.tensor(-7), True, (0, 1)),
+                                                      (40, True, 99, False, (2,))]:
+            x = torch.randn(6, cols, generator=gen).to(dtype)
+            residual = torch.randn(6, cols, generator=gen).to(dtype)
+            bias = torch.randn(cols, generator=gen).to(dtype) if bias_on else None
+            grad = torch.randn(6, cols, generator=gen).to(dtype)
+            code = check_activation(act)
+
+            def leaves():
+                made = [x.clone(), residual.clone(), None if bias is None else bias.clone()]
+                for i in wanted:
+                    made[i].requires_grad_()
+                return made
+
+            ref_inputs = leaves()
+            expected = seeddrop.dropout_add(*ref_inputs[:2], 0.3, training, bias=ref_inputs[2], activation=act,
+                                            seed=seed)
+            ref_grads = torch.autograd.grad(expected, [ref_inputs[i] for i in wanted], grad)
+            inputs = leaves()
+            seed_tensor, seed_value = (seed, 0) if isinstance(seed, torch.Tensor) else (None, seed)
+            saved = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+                out = module.dropout_add_forward(inputs[0], inputs[1], inputs[2], seed_tensor, seed_value, False, 0.3,
+                                                 training, code)
+            assert torch.equal(out, expected), (dtype, act, cols)
+            assert "CppNode" in out.grad_fn.name()
+            kept = [tuple(seed_tensor.shape)] if seed_tensor is not None else []
+            if act is not None:  # x (and bias) for act'(x + bias); nothing of x's size without an activation
+                kept += [tuple(x.shape)] + ([tuple(bias.shape)] if bias_on else [])
+            assert saved == kept, (saved, kept)
+            for _ in range(2):  # retain_graph: the node runs twice
+                grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad, retain_graph=True)
+                for got, want in zip(grads, ref_grads):
+                    assert got.dtype == want.dtype and torch.equal(got, want), (dtype, act, cols, wanted)
+            with torch.no_grad():
+                assert torch.equal(module.dropout_add_forward(x, residual, bias, seed_tensor, seed_value, False, 0.3,
+                                                              training, code), expected)
+
 # the seed drawn in C++ equals _common.draw_seed's (eager CUDA path: a host draw)
 common._in_graph = lambda: False
 x = torch.randn(3, 64, generator=gen)
@@ -52,6 +97,11 @@ for state in (0, 1, 2**40 + 7):
     in_python = [seeddrop.dropout(x, 0.5, seed=common.draw_seed(torch.device("cuda")).value) for _ in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(in_cpp, in_python))
     assert not torch.equal(in_cpp[0], in_cpp[1])
+    torch.manual_seed(state)
+    in_cpp = [module.dropout_add_forward(x, x, None, None, 0, True, 0.5, True, 0) for _ in range(2)]
+    torch.manual_seed(state)
+    in_python = [seeddrop.dropout_add(x, x, 0.5, seed=common.draw_seed(torch.device("cuda")).value) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(in_cpp, in_python))
 # torch.compile traces the op through the C++ autograd kernel (fake tensors) and calls its
 # C++ kernels at run time: outputs and gradients equal eager's
 x = torch.randn(4, 96, generator=gen, requires_grad=True)
@@ -70,7 +120,7 @@ def counting_planner(*args):
     return plan_for_extension(*args)
 
 
-module.set_planner(counting_planner, p_constants)
+module.set_planners(counting_planner, plan_forward_for_extension, plan_backward_for_extension, p_constants)
 compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
 eager_out = step(x, seeds)
 (eager_grad,) = torch.autograd.grad(eager_out.sum(), [x])

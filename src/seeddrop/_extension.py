@@ -22,6 +22,14 @@ def enabled() -> bool:
     return os.environ.get("SEEDDROP_EXTENSION", "1") != "0"
 
 
+def set_planners(module) -> None:
+    """Hand the extension the Python planners whose recipes it replays."""
+    from .ops.dropout import p_constants, plan_for_extension
+    from .ops.dropout_add import plan_backward_for_extension, plan_forward_for_extension
+
+    module.set_planners(plan_for_extension, plan_forward_for_extension, plan_backward_for_extension, p_constants)
+
+
 def load():
     """The built extension module, or None (see the module docstring)."""
     if _state["tried"]:
@@ -37,9 +45,7 @@ def load():
                 from torch.utils.cpp_extension import load as build
 
                 module = build(name="seeddrop_fast_dropout", sources=[_SOURCE], extra_cflags=["-O2"], verbose=False)
-                from .ops.dropout import plan_for_extension, p_constants
-
-                module.set_planner(plan_for_extension, p_constants)
+                set_planners(module)
             except Exception as error:  # noqa: BLE001 (any build failure falls back to Python)
                 warnings.warn(f"seeddrop: the C++ host path did not build, using the Python path ({error})",
                               RuntimeWarning, stacklevel=2)

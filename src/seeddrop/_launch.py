@@ -116,8 +116,8 @@ class FastKernel:
                 continue
             size = 8 if kind is not None and (kind.startswith("*") or kind in ("i64", "u64")) else (
                 4 if kind in ("i32", "u32") else None)
-            if size is None:
-                return None
+            if size is None or (size == 8 and kind.startswith("*") and name not in sources):
+                return None  # (a tensor the launcher would not know to fill in)
             params.append((sources.get(name, 0), size, 0 if name in sources else int(value)))
         return kernel.function, grid, 32 * meta.num_warps, meta.shared, tuple(params)
 

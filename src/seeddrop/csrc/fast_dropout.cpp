@@ -1,16 +1,20 @@
-// The host path of seeddrop.dropout on CUDA tensors, in C++.
+// The host path of seeddrop.dropout and seeddrop.dropout_add on CUDA tensors, in C++.
 //
-// Python plans a call (ops/dropout.py: tile shape, grid, the compiled Triton kernel) once
-// per layout and hands back a *recipe*: the kernel's CUfunction, grid, block, shared memory
-// and, for each kernel parameter, where its value comes from (x, out, the seed, p's
-// constants, or a fixed integer). Later calls with the same layout are launched from here
-// with cuLaunchKernel, without Python; a new layout calls the Python planner, which also
-// runs that call. The mask stream and every planning decision stay in Python and Triton.
+// Python plans a call (ops/dropout.py, ops/dropout_add.py: tile shape, grid, the compiled
+// Triton kernel) once per layout and hands back a *recipe*: the kernel's CUfunction, grid,
+// block, shared memory and, for each kernel parameter, where its value comes from (one of
+// the call's tensors, the seed, p's constants, or a fixed integer). Later calls with the
+// same layout are launched from here with cuLaunchKernel, without Python; a new layout
+// calls the Python planner, which also runs that call. The mask stream and every planning
+// decision stay in Python and Triton.
 //
-// Three entries use the same launcher:
+// Entries that use the same launcher:
 //   dropout_forward (pybind): the eager call of seeddrop.dropout, with a C++ autograd node
 //     whose backward regenerates the mask from the saved seed;
-//   seeddrop::dropout's CUDA and AutogradCUDA kernels: what torch.compile'd graphs call.
+//   seeddrop::dropout's CUDA and AutogradCUDA kernels: what torch.compile'd graphs call;
+//   dropout_add_forward (pybind): the eager call of seeddrop.dropout_add for contiguous
+//     operands of one shape, with a C++ autograd node (backward: one kernel for grad_x and
+//     the bias-gradient partial sums, then their column sum).
 // No CUDA header is needed: the stream comes from c10, cuLaunchKernel from libcuda.so.1.
 #include <dlfcn.h>
 
@@ -94,9 +98,11 @@ void ensure_context(int device) {
 // ---------------------------------------------------------------------------
 // recipes
 // ---------------------------------------------------------------------------
-// Where a kernel parameter's value comes from (ops/dropout.py: _PARAM_SOURCES).
-enum Source : int64_t { kConst = 0, kX = 1, kOut = 2, kSeedPtr = 3, kSeedValue = 4, kThreshold = 5,
-                        kScaleHi = 6, kScaleLo = 7 };
+// Where a kernel parameter's value comes from (ops/dropout.py: _PARAM_SOURCES,
+// ops/dropout_add.py: _FWD_PARAM_SOURCES / _BWD_PARAM_SOURCES). kTensor0..4 are the call's
+// tensors in the order each entry lists them (LaunchArgs::tensors).
+enum Source : int64_t { kConst = 0, kTensor0 = 1, kTensor1 = 2, kSeedPtr = 3, kSeedValue = 4, kThreshold = 5,
+                        kScaleHi = 6, kScaleLo = 7, kTensor2 = 8, kTensor3 = 9, kTensor4 = 10 };
 
 struct Param {
   int64_t source;
@@ -108,6 +114,17 @@ struct Recipe {
   void* function = nullptr;
   unsigned grid = 0, block = 0, shared_bytes = 0;
   std::vector<Param> params;
+  // dropout_add's backward: the bias-gradient workspace each call allocates (none when empty)
+  std::vector<int64_t> workspace_sizes;
+  at::ScalarType workspace_dtype = at::kFloat;
+};
+
+// The values of one launch: tensors[i] fills kTensor<i> (nullptr where absent).
+struct LaunchArgs {
+  std::array<const at::Tensor*, 5> tensors{};
+  const at::Tensor* seed = nullptr;
+  int64_t seed_value = 0;
+  double p = 0.0;
 };
 
 struct KeyHash {
@@ -122,23 +139,51 @@ struct PConstants {
   int64_t threshold = 0, scale_hi = 0, scale_lo = 0;
 };
 
+// The first entry of every key: which planner made the recipe.
+enum Kind : int64_t { kDropout = 1, kDropoutAddForward = 2, kDropoutAddBackward = 3 };
+
 constexpr size_t kMaxRecipes = 4096;
 constexpr size_t kMaxParams = 64;
 std::mutex cache_mutex;
 std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Recipe>, KeyHash> recipes;
 std::unordered_map<double, PConstants> p_cache;  // a model uses a few p
 // Python callables, never destroyed (the interpreter may be gone when statics are):
-py::object* planner = nullptr;      // (x, out, seed_tensor, seed_value, p, shared, per_row) -> recipe or None
-py::object* p_constants = nullptr;  // p -> (threshold, scale_hi, scale_lo)
+struct Planners {
+  py::object dropout;               // (x, out, seed_tensor, seed_value, p, shared, per_row) -> recipe or None
+  py::object dropout_add_forward;   // (x, residual, bias, out, seed_tensor, seed_value, p, masked, act) -> recipe or None
+  py::object dropout_add_backward;  // (grad, x, bias, grad_x, seed_tensor, seed_value, p, masked, act, reduce_bias)
+                                    //   -> (recipe or None, workspace or None)
+  py::object p_constants;           // p -> (threshold, scale_hi, scale_lo)
+};
+Planners* planners = nullptr;
+
+const Planners& get_planners() {
+  TORCH_CHECK(planners != nullptr, "seeddrop: the C++ host path was called before seeddrop set its planners");
+  return *planners;
+}
 
 int64_t alignment_code(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// A tensor's part of a key: everything a plan or Triton's specialization can depend on.
+void append_tensor(std::vector<int64_t>& key, const at::Tensor* t) {
+  if (t == nullptr || !t->defined()) {
+    key.push_back(-1);
+    return;
+  }
+  key.push_back(t->dim());
+  for (int64_t s : t->sizes()) key.push_back(s);
+  for (int64_t s : t->strides()) key.push_back(s);
+  key.push_back(static_cast<int64_t>(t->scalar_type()));
+  key.push_back(alignment_code(t->data_ptr()));
+}
 
 // Everything the Python plan depends on (ops/dropout.py: launch's key, pointer alignment).
 std::vector<int64_t> layout_key(const at::Tensor& x, const at::Tensor& out, const at::Tensor* seed,
                                 at::IntArrayRef shared, bool per_row) {
   std::vector<int64_t> key;
   const int64_t ndim = x.dim();
-  key.reserve(3 * ndim + shared.size() + 10);
+  key.reserve(3 * ndim + shared.size() + 11);
+  key.push_back(kDropout);
   key.push_back(ndim);
   for (int64_t s : x.sizes()) key.push_back(s);
   for (int64_t s : x.strides()) key.push_back(s);
@@ -171,6 +216,24 @@ Recipe parse_recipe(const py::handle& obj) {
   return recipe;
 }
 
+std::shared_ptr<const Recipe> find_recipe(const std::vector<int64_t>& key) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto found = recipes.find(key);
+  return found == recipes.end() ? nullptr : found->second;
+}
+
+void store_recipe(std::vector<int64_t> key, Recipe recipe) {
+  auto stored = std::make_shared<const Recipe>(std::move(recipe));
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  if (recipes.size() >= kMaxRecipes) recipes.clear();  // e.g. a new sequence length every step
+  recipes.emplace(std::move(key), std::move(stored));
+}
+
+// nullptr for an absent or undefined tensor (saved variables come back undefined).
+const at::Tensor* present(const at::Tensor* t) { return t != nullptr && t->defined() ? t : nullptr; }
+
+py::object optional_tensor(const at::Tensor* t) { return t == nullptr || !t->defined() ? py::none() : py::cast(*t); }
+
 PConstants constants_for(double p) {
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
@@ -178,7 +241,7 @@ PConstants constants_for(double p) {
     if (found != p_cache.end()) return found->second;
   }
   py::gil_scoped_acquire gil;
-  auto values = (*p_constants)(p).cast<py::tuple>();
+  auto values = get_planners().p_constants(p).cast<py::tuple>();
   PConstants c{values[0].cast<int64_t>(), values[1].cast<int64_t>(), values[2].cast<int64_t>()};
   std::lock_guard<std::mutex> lock(cache_mutex);
   if (p_cache.size() >= kMaxRecipes) p_cache.clear();
@@ -186,24 +249,36 @@ PConstants constants_for(double p) {
   return c;
 }
 
-void launch_recipe(const Recipe& recipe, const at::Tensor& x, const at::Tensor& out, const at::Tensor* seed,
-                   int64_t seed_value, double p) {
-  const PConstants c = constants_for(p);
+bool is_pointer_source(int64_t source) {
+  return source == kTensor0 || source == kTensor1 || source == kSeedPtr || (source >= kTensor2 && source <= kTensor4);
+}
+
+void launch_recipe(const Recipe& recipe, const LaunchArgs& args, c10::Device device) {
+  const PConstants c = constants_for(args.p);
   const size_t n = recipe.params.size();
   std::array<uint64_t, kMaxParams + 2> slots{};  // + Triton's global and profile scratch pointers (null)
   std::array<void*, kMaxParams + 2> pointers;
   for (size_t i = 0; i < n; ++i) {
     const Param& param = recipe.params[i];
     int64_t value = param.value;
+    const at::Tensor* tensor = nullptr;
     switch (param.source) {
-      case kX: value = reinterpret_cast<int64_t>(x.data_ptr()); break;
-      case kOut: value = reinterpret_cast<int64_t>(out.data_ptr()); break;
-      case kSeedPtr: value = reinterpret_cast<int64_t>(seed->data_ptr()); break;
-      case kSeedValue: value = seed_value; break;
+      case kTensor0: tensor = args.tensors[0]; break;
+      case kTensor1: tensor = args.tensors[1]; break;
+      case kTensor2: tensor = args.tensors[2]; break;
+      case kTensor3: tensor = args.tensors[3]; break;
+      case kTensor4: tensor = args.tensors[4]; break;
+      case kSeedPtr: tensor = args.seed; break;
+      case kSeedValue: value = args.seed_value; break;
       case kThreshold: value = c.threshold; break;
       case kScaleHi: value = c.scale_hi; break;
       case kScaleLo: value = c.scale_lo; break;
       default: break;
+    }
+    if (tensor != nullptr || is_pointer_source(param.source)) {
+      // The key makes a recipe's pointer parameters present exactly when its tensors are.
+      TORCH_CHECK(tensor != nullptr && tensor->defined(), "seeddrop: a recipe expects a tensor the call lacks");
+      value = reinterpret_cast<int64_t>(tensor->data_ptr());
     }
     if (param.bytes == 4) {
       const int32_t narrow = static_cast<int32_t>(value);
@@ -215,7 +290,6 @@ void launch_recipe(const Recipe& recipe, const at::Tensor& x, const at::Tensor& 
   }
   pointers[n] = &slots[n];
   pointers[n + 1] = &slots[n + 1];
-  const c10::Device device = x.device();
   void* stream = c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
   ensure_context(device.index());
   check(driver().launch(recipe.function, recipe.grid, 1, 1, recipe.block, 1, 1, recipe.shared_bytes, stream,
@@ -230,26 +304,20 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
   const at::Tensor* seed = seed_tensor.has_value() && seed_tensor->defined() ? &*seed_tensor : nullptr;
   c10::DeviceGuard device_guard(x.device());
   auto key = layout_key(x, out, seed, shared, per_row);
-  {
-    std::unique_lock<std::mutex> lock(cache_mutex);
-    auto found = recipes.find(key);
-    if (found != recipes.end()) {
-      const std::shared_ptr<const Recipe> recipe = found->second;
-      lock.unlock();
-      launch_recipe(*recipe, x, out, seed, seed_value, p);
-      return;
-    }
+  if (auto recipe = find_recipe(key)) {
+    LaunchArgs args;
+    args.tensors = {&x, &out, nullptr, nullptr, nullptr};
+    args.seed = seed;
+    args.seed_value = seed_value;
+    args.p = p;
+    launch_recipe(*recipe, args, x.device());
+    return;
   }
-  TORCH_CHECK(planner != nullptr, "seeddrop: the C++ host path was called before seeddrop set its planner");
+  const Planners& plan = get_planners();
   py::gil_scoped_acquire gil;
-  py::object seed_obj = seed == nullptr ? py::none() : py::cast(*seed);
-  py::object result = (*planner)(x, out, seed_obj, seed_value, p, py::tuple(py::cast(shared.vec())), per_row);
-  if (!result.is_none()) {
-    auto recipe = std::make_shared<const Recipe>(parse_recipe(result));
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    if (recipes.size() >= kMaxRecipes) recipes.clear();  // e.g. a new sequence length every step
-    recipes.emplace(std::move(key), std::move(recipe));
-  }
+  py::object result = plan.dropout(x, out, optional_tensor(seed), seed_value, p, py::tuple(py::cast(shared.vec())),
+                                   per_row);
+  if (!result.is_none()) store_recipe(std::move(key), parse_recipe(result));
 }
 
 // The checks Python's seed handling guarantees for its own calls (the op can be called directly).
@@ -357,9 +425,147 @@ at::Tensor dropout_forward(const at::Tensor& x, const std::optional<at::Tensor>&
   return dropout_cuda(x, seed_tensor, seed_value, p, shared, per_row);
 }
 
-void set_planner(py::object plan, py::object constants) {
-  planner = new py::object(std::move(plan));
-  p_constants = new py::object(std::move(constants));
+// ---------------------------------------------------------------------------
+// dropout_add: residual + dropout(act(x + bias)) for contiguous x, residual of one shape
+// (Python sends every other layout, shared dims and per-row seeds down its own path)
+// ---------------------------------------------------------------------------
+at::Tensor run_dropout_add_forward(const at::Tensor& x, const at::Tensor& residual, const at::Tensor* bias,
+                                   const at::Tensor* seed, int64_t seed_value, double p, bool masked, int64_t act) {
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::promote_types(x.scalar_type(), residual.scalar_type())));
+  if (x.numel() == 0) return out;
+  bias = present(bias);
+  seed = masked ? present(seed) : nullptr;
+  c10::DeviceGuard device_guard(x.device());
+  std::vector<int64_t> key{kDropoutAddForward, x.get_device(), act, masked};
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&x, &residual, &out, bias, seed}) {
+    append_tensor(key, t);
+  }
+  if (auto recipe = find_recipe(key)) {
+    LaunchArgs args;
+    args.tensors = {&x, &out, &residual, bias, nullptr};
+    args.seed = seed;
+    args.seed_value = seed_value;
+    args.p = p;
+    launch_recipe(*recipe, args, x.device());
+    return out;
+  }
+  const Planners& plan = get_planners();
+  py::gil_scoped_acquire gil;
+  py::object result = plan.dropout_add_forward(x, residual, optional_tensor(bias), out, optional_tensor(seed),
+                                               seed_value, p, masked, act);
+  if (!result.is_none()) store_recipe(std::move(key), parse_recipe(result));
+  return out;
+}
+
+// grad_x = grad * multiplier * act'(x + bias) (x, bias: only with an activation); returns the
+// [chunks, C] bias-gradient partial sums when reduce_bias, else an undefined tensor.
+at::Tensor run_dropout_add_backward(const at::Tensor& grad, const at::Tensor* x, const at::Tensor* bias,
+                                    const at::Tensor& grad_x, const at::Tensor* seed, int64_t seed_value, double p,
+                                    bool masked, int64_t act, bool reduce_bias) {
+  seed = masked ? present(seed) : nullptr;
+  x = act != 0 ? present(x) : nullptr;  // act'(z) = 1: x + bias is not read
+  bias = act != 0 ? present(bias) : nullptr;
+  c10::DeviceGuard device_guard(grad.device());
+  std::vector<int64_t> key{kDropoutAddBackward, grad.get_device(), act, masked, reduce_bias};
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&grad, x, &grad_x, bias, seed}) {
+    append_tensor(key, t);
+  }
+  if (auto recipe = find_recipe(key)) {
+    at::Tensor workspace;
+    if (!recipe->workspace_sizes.empty()) {
+      workspace = at::empty(recipe->workspace_sizes, grad.options().dtype(recipe->workspace_dtype));
+    }
+    LaunchArgs args;
+    args.tensors = {&grad, &grad_x, x, bias, workspace.defined() ? &workspace : nullptr};
+    args.seed = seed;
+    args.seed_value = seed_value;
+    args.p = p;
+    launch_recipe(*recipe, args, grad.device());
+    return workspace;
+  }
+  const Planners& plan = get_planners();
+  py::gil_scoped_acquire gil;
+  auto result = plan.dropout_add_backward(grad, optional_tensor(x), optional_tensor(bias), grad_x,
+                                          optional_tensor(seed), seed_value, p, masked, act, reduce_bias)
+                    .cast<py::tuple>();
+  at::Tensor workspace = result[1].is_none() ? at::Tensor() : result[1].cast<at::Tensor>();
+  if (!result[0].is_none()) {
+    Recipe recipe = parse_recipe(result[0]);
+    if (workspace.defined()) {
+      recipe.workspace_sizes = workspace.sizes().vec();
+      recipe.workspace_dtype = workspace.scalar_type();
+    }
+    store_recipe(std::move(key), std::move(recipe));
+  }
+  return workspace;
+}
+
+// Autograd of dropout_add. Saved: the seed, plus x and bias only with an activation (its
+// derivative needs x + bias); dtypes and flags in saved_data.
+struct DropoutAddFunction : public torch::autograd::Function<DropoutAddFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& residual,
+                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& seed_tensor,
+                            int64_t seed_value, double p, bool masked, int64_t act) {
+    const at::Tensor* bias_ptr = bias.has_value() ? present(&*bias) : nullptr;
+    const at::Tensor* seed_ptr = seed_tensor.has_value() ? present(&*seed_tensor) : nullptr;
+    at::Tensor out = run_dropout_add_forward(x, residual, bias_ptr, seed_ptr, seed_value, p, masked, act);
+    const bool keep_inputs = act != 0;
+    ctx->save_for_backward({seed_ptr != nullptr ? *seed_ptr : at::Tensor(), keep_inputs ? x : at::Tensor(),
+                            keep_inputs && bias_ptr != nullptr ? *bias_ptr : at::Tensor()});
+    ctx->saved_data["seed_value"] = seed_value;
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["masked"] = masked;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["residual_dtype"] = static_cast<int64_t>(residual.scalar_type());
+    ctx->saved_data["bias_dtype"] = bias_ptr != nullptr ? static_cast<int64_t>(bias_ptr->scalar_type()) : -1;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
+    // next edges: x, residual, then bias when it was given (then the seed tensor)
+    const bool need_x = ctx->needs_input_grad(0);
+    const bool need_residual = ctx->needs_input_grad(1);
+    const bool need_bias = bias_dtype >= 0 && ctx->needs_input_grad(2);
+    const at::Tensor grad = grads[0].contiguous();
+    at::Tensor grad_x, grad_residual, grad_bias;
+    if (need_x || need_bias) {
+      grad_x = at::empty(grad.sizes(),
+                         grad.options().dtype(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())));
+      at::Tensor partial = run_dropout_add_backward(
+          grad, &saved[1], &saved[2], grad_x, &saved[0], ctx->saved_data["seed_value"].toInt(),
+          ctx->saved_data["p"].toDouble(), ctx->saved_data["masked"].toBool(), ctx->saved_data["act"].toInt(),
+          need_bias);
+      if (need_bias) grad_bias = partial.sum(0).to(static_cast<at::ScalarType>(bias_dtype));
+      if (!need_x) grad_x = at::Tensor();
+    }
+    if (need_residual) grad_residual = grad.to(static_cast<at::ScalarType>(ctx->saved_data["residual_dtype"].toInt()));
+    return {grad_x, grad_residual, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// seeddrop.dropout_add on CUDA after Python validated the call and chose this path.
+// draw: draw the seed here (draw_seed()) instead of using seed_value.
+at::Tensor dropout_add_forward(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
+                               const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, bool draw, double p,
+                               bool masked, int64_t act) {
+  if (draw) seed_value = draw_seed();
+  const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  if (at::GradMode::is_enabled() && (x.requires_grad() || residual.requires_grad() || bias_grad)) {
+    return DropoutAddFunction::apply(x, residual, bias, seed_tensor, seed_value, p, masked, act);
+  }
+  const at::Tensor* bias_ptr = bias.has_value() ? present(&*bias) : nullptr;
+  const at::Tensor* seed_ptr = seed_tensor.has_value() ? present(&*seed_tensor) : nullptr;
+  return run_dropout_add_forward(x, residual, bias_ptr, seed_ptr, seed_value, p, masked, act);
+}
+
+void set_planners(py::object dropout, py::object dropout_add_forward, py::object dropout_add_backward,
+                  py::object p_constants) {
+  planners = new Planners{std::move(dropout), std::move(dropout_add_forward), std::move(dropout_add_backward),
+                          std::move(p_constants)};
 }
 
 size_t cached_recipes() {
@@ -384,7 +590,8 @@ TORCH_LIBRARY_IMPL(seeddrop, AutogradCPU, m) { m.impl("dropout", dropout_autogra
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_forward", &dropout_forward);
-  m.def("set_planner", &set_planner);
+  m.def("dropout_add_forward", &dropout_add_forward);
+  m.def("set_planners", &set_planners);
   m.def("cached_recipes", &cached_recipes);
   m.def("clear_recipes", &clear_recipes);
 }

@@ -52,8 +52,9 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .. import stream
+from .. import _extension, stream
 from .._common import (
+    eager_host_draw_allowed,
     lean_apply,
     Seed,
     cdiv,
@@ -236,7 +237,7 @@ if stream.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
     def _dropout_add_fwd_kernel(
-        x_ptr, res_ptr, bias_ptr, out_ptr, seed_ptr, seed_value, mask_ptr, mask_row_ptr, mask_col_stride,
+        x_ptr, res_ptr, bias_ptr, out_ptr, seed_ptr, seed_value: tl.int64, mask_ptr, mask_row_ptr, mask_col_stride,
         R, C, N, threshold, scale_hi, scale_lo,
         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, MASK: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
         FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
@@ -261,7 +262,7 @@ if stream.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["seed_value", "threshold", "scale_hi", "scale_lo"])
     def _dropout_add_bwd_kernel(
-        g_ptr, x_ptr, bias_ptr, gx_ptr, partial_ptr, seed_ptr, seed_value, mask_ptr, mask_row_ptr, mask_col_stride,
+        g_ptr, x_ptr, bias_ptr, gx_ptr, partial_ptr, seed_ptr, seed_value: tl.int64, mask_ptr, mask_row_ptr, mask_col_stride,
         R, C, N, tiles_per_program, threshold, scale_hi, scale_lo,
         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, REDUCE_BIAS: tl.constexpr, MASK: tl.constexpr,
         SEED_FROM_PTR: tl.constexpr, FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
@@ -448,11 +449,6 @@ def _p_constants(p: float) -> tuple:
     return stream.threshold(p), scale_halves(p)
 
 
-def _i32(v: int) -> bool:
-    """Triton types an int argument i32 or i64 by its value: part of every kernel key."""
-    return -(1 << 31) <= v < (1 << 31)
-
-
 class _Kernel(FastKernel):
     """FastKernel compiling with fp fusion off where results must be bitwise equal to the
     unfused ops (no activation, relu: a * m + r must round the product first, as spec v1
@@ -477,19 +473,26 @@ def _cdt(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
-                   seed: Optional[Seed], cfg: Config) -> None:
-    """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
+def _prepare_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+                     seed: Optional[Seed], cfg: Config) -> tuple:
+    """(key, plan, kernel arguments) of the forward launch."""
     shape = x.shape
     plan = _plan(shape, out, cfg, False, forward=True)
     seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, x.device)
     threshold, scale = _p_constants(cfg.p)
     key = (shape, x.dtype, residual.dtype, out.dtype, None if bias is None else bias.dtype, cfg.act, plan.mode,
-           seed_t is not None, _i32(seed_v), col_stride, plan.flat, plan.block_r, plan.block_g, x.device)
+           seed_t is not None, col_stride, plan.flat, plan.block_r, plan.block_g, x.device)
     args = (x, residual, bias, out, seed_t, seed_v, mask, row_off, col_stride,
             plan.R, plan.C, plan.R * plan.C, threshold, *scale,
             cfg.act, bias is not None, plan.mode, seed_t is not None, plan.flat, _cdt(out.dtype),
             not out.is_cuda, plan.block_r, plan.block_g)
+    return key, plan, args
+
+
+def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+                   seed: Optional[Seed], cfg: Config) -> None:
+    """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
+    key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
     _FWD.launch(key, plan.grid, args, plan.num_warps)
 
 
@@ -498,11 +501,9 @@ def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                    grad_x: torch.Tensor, seed: Optional[Seed], cfg: Config,
-                    reduce_bias: bool) -> Optional[torch.Tensor]:
-    """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
-    Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
+def _prepare_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                      grad_x: torch.Tensor, seed: Optional[Seed], cfg: Config, reduce_bias: bool) -> tuple:
+    """(key, plan, kernel arguments, bias-gradient workspace or None) of the backward launch."""
     shape = grad.shape
     plan = _plan(shape, grad, cfg, reduce_bias)
     seed_t, seed_v, mask, row_off, col_stride = _mask_args(plan, shape, seed, cfg, grad.device)
@@ -513,15 +514,59 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
     if cfg.act == 0:
         x = bias = None  # act'(z) = 1: x + bias is not read
     key = (shape, grad.dtype, None if x is None else x.dtype, grad_x.dtype, None if bias is None else bias.dtype,
-           cfg.act, reduce_bias, plan.mode, seed_t is not None, _i32(seed_v), col_stride, plan.flat,
+           cfg.act, reduce_bias, plan.mode, seed_t is not None, col_stride, plan.flat,
            plan.block_r, plan.block_g, grad.device,
            plan.tiles_per_program == 1, plan.tiles_per_program % 16 == 0)  # Triton specializes on these
     args = (grad, x, bias, grad_x, partial, seed_t, seed_v, mask, row_off, col_stride,
             plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, *scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
             _cdt(grad.dtype), not grad.is_cuda, plan.block_r, plan.block_g)
+    return key, plan, args, partial
+
+
+def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                    grad_x: torch.Tensor, seed: Optional[Seed], cfg: Config,
+                    reduce_bias: bool) -> Optional[torch.Tensor]:
+    """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
+    Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
+    key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
     _BWD.launch(key, plan.grid, args, plan.num_warps)
     return partial
+
+
+# Kernel parameters the C++ launcher fills in per call (csrc/fast_dropout.cpp: Source).
+_FWD_PARAM_SOURCES = {"x_ptr": 1, "out_ptr": 2, "seed_ptr": 3, "seed_value": 4, "threshold": 5, "scale_hi": 6,
+                      "scale_lo": 7, "res_ptr": 8, "bias_ptr": 9}
+_BWD_PARAM_SOURCES = {"g_ptr": 1, "gx_ptr": 2, "seed_ptr": 3, "seed_value": 4, "threshold": 5, "scale_hi": 6,
+                      "scale_lo": 7, "x_ptr": 8, "bias_ptr": 9, "partial_ptr": 10}
+
+
+def plan_forward_for_extension(x, residual, bias, out, seed_tensor, seed_value, p, masked, act):
+    """The C++ launcher's planner for a forward layout it has not seen (x, residual, out
+    contiguous of one shape; no shared dims or per-row seeds): runs the launch, returns
+    its recipe (None: not replayable)."""
+    cfg = Config(p, masked, (), False, act)
+    seed = Seed(seed_tensor, seed_value) if masked else None
+    if not use_triton(x):
+        out.copy_(dropout_add_reference(x, residual, bias, seed, cfg, out.dtype))
+        return None
+    key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
+    _FWD.launch(key, plan.grid, args, plan.num_warps)
+    return _FWD.recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES)
+
+
+def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, p, masked, act, reduce_bias):
+    """The same for the backward (grad contiguous): (recipe or None, the bias-gradient
+    workspace of this call or None); replays allocate a workspace of its shape and dtype."""
+    cfg = Config(p, masked, (), False, act)
+    seed = Seed(seed_tensor, seed_value) if masked else None
+    if not use_triton(grad):
+        gx, bias_sum = dropout_add_backward_reference(grad, x, bias, seed, cfg, grad_x.dtype, reduce_bias)
+        grad_x.copy_(gx)
+        return None, (bias_sum[None] if reduce_bias else None)
+    key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
+    _BWD.launch(key, plan.grid, args, plan.num_warps)
+    return _BWD.recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES), partial
 
 
 # --------------------------------------------------------------------------
@@ -745,6 +790,13 @@ def _check_operands(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torc
             raise ValueError(f"bias must have shape {expected}, but got shape {tuple(bias.shape)}")
 
 
+def _extension_layout(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """The layouts the C++ host path takes: contiguous x and residual of one shape, bias
+    None or contiguous."""
+    return (x.is_contiguous() and residual.shape == x.shape and residual.is_contiguous()
+            and (bias is None or bias.is_contiguous()))
+
+
 def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, training: bool = True, *,
                 bias: Optional[torch.Tensor] = None, activation: Optional[str] = None, seed=None,
                 shared_dims=()) -> torch.Tensor:
@@ -768,12 +820,19 @@ def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, trainin
     _check_operands(x, residual, bias)
     shared = normalize_dims(shared_dims, x.dim()) if shared_dims else ()
     masked = bool(training) and p > 0.0
+    fast = None
+    if x.is_cuda and not shared and not torch.compiler.is_compiling() and _extension_layout(x, residual, bias):
+        fast = _extension.load()
+        if fast is not None and masked and seed is None and eager_host_draw_allowed():
+            return fast.dropout_add_forward(x, residual, bias, None, 0, True, p, True, act)
     if masked:
         rows_shape = mask_shape_of(x.shape, shared)[:-1] if x.dim() and isinstance(seed, torch.Tensor) else None
         seed = resolve_seed(seed, x.device, rows_shape)
         per_row = seed.tensor is not None and seed.tensor.dim() == 1
     else:
         seed, per_row = Seed(None, 0), False
+    if fast is not None and not per_row:  # (never while compiling)
+        return fast.dropout_add_forward(x, residual, bias, seed.tensor, seed.value, False, p, masked, act)
     cfg = Config(p, masked, shared, per_row, act)
     if torch.compiler.is_compiling():
         return dropout_add_op(x, residual, bias, seed.tensor, seed.value, p, masked, list(shared), per_row, act)
