@@ -14,6 +14,7 @@ import seeddrop
 from seeddrop import _extension
 from seeddrop._common import draw_seed, normalize_dims, plan_view, resolve_seed
 from seeddrop.ops import dropout as dropout_module
+from seeddrop.ops.dropout_add import ACTIVATIONS
 from test_cuda import _same_layout_cuda
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -28,6 +29,7 @@ def test_cpu_calls_never_build_the_extension(monkeypatch):
     x = torch.randn(3, 50, requires_grad=True)
     seeddrop.dropout(x, 0.5, seed=3).sum().backward()
     seeddrop.dropout(x.detach(), 0.5)
+    seeddrop.dropout_add(x, x.detach(), 0.5, bias=torch.zeros(50), activation="gelu").sum().backward()
 
 
 def test_environment_switch_disables_the_build(monkeypatch):
@@ -111,6 +113,48 @@ def test_cuda_backward_runs_in_the_cpp_node_and_saves_only_the_seed(dtype):
         y.backward(grad_cpu.t().contiguous().cuda().t())
         assert torch.equal(x.grad.cpu(), expected), (dtype, seed, "transposed grad")
         assert torch.equal(y.detach().cpu(), seeddrop.dropout(x_cpu, 0.4, seed=seed))
+
+
+def _dropout_add_with_grads(x, residual, bias, wanted, grad, **kwargs):
+    """(output, gradients of the inputs at `wanted` indices) of seeddrop.dropout_add on fresh leaves."""
+    leaves = [x.clone(), residual.clone(), None if bias is None else bias.clone()]
+    for i in wanted:
+        leaves[i].requires_grad_()
+    out = seeddrop.dropout_add(leaves[0], leaves[1], bias=leaves[2], **kwargs)
+    return out, torch.autograd.grad(out, [leaves[i] for i in wanted], grad) if wanted else ()
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_dropout_add_replays_equal_the_python_path(dtype, monkeypatch):
+    """dropout_add through the C++ host path (first call planned by Python, later ones
+    replayed, forward and backward) equals the Python path's kernels bit for bit, for every
+    activation, with and without bias, int / tensor / drawn seeds and training=False."""
+    fast = _fast()
+    fast.clear_recipes()
+    gen = torch.Generator().manual_seed(11)
+    cases = [((64, 300), True, 2**40 + 3, True, (0, 1, 2)), ((33, 129), False, torch.tensor(-9), True, (0, 1)),
+             ((8, 4, 96), True, None, True, (2,)), ((64, 300), True, 5, False, (0, 2)), ((16, 64), True, 7, True, ())]
+    for act in ACTIVATIONS:
+        for shape, bias_on, seed, training, wanted in cases:
+            x, residual, grad = (torch.randn(shape, generator=gen).to(dtype).cuda() for _ in range(3))
+            bias = torch.randn(shape[-1], generator=gen).to(dtype).cuda() if bias_on else None
+            gpu_seed = seed.cuda() if isinstance(seed, torch.Tensor) else seed
+            kwargs = dict(p=0.3, training=training, activation=act, seed=gpu_seed)
+            with monkeypatch.context() as patch:  # the Python path
+                patch.setattr(_extension, "load", lambda: None)
+                torch.manual_seed(3)
+                expected, expected_grads = _dropout_add_with_grads(x, residual, bias, wanted, grad, **kwargs)
+            for call in ("planned or replayed", "replayed"):
+                torch.manual_seed(3)
+                out, grads = _dropout_add_with_grads(x, residual, bias, wanted, grad, **kwargs)
+                assert torch.equal(out, expected), (dtype, act, shape, call)
+                if wanted:
+                    assert "CppNode" in out.grad_fn.name()
+                for got, want in zip(grads, expected_grads):
+                    assert got.dtype == want.dtype and torch.equal(got, want), (dtype, act, shape, wanted, call)
+    assert fast.cached_recipes() >= 2 * len(cases)
 
 
 @pytest.mark.cuda

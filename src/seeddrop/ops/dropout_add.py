@@ -42,6 +42,11 @@ act'(z) and, when bias needs a gradient, the column sums of each program's rows 
 compute type, before rounding) into an [n_chunks, C] workspace; torch sums its rows.
 No atomics: the result is the same on every run. grad_residual is grad_out itself
 (summed to the residual's shape when it was broadcast).
+
+On CUDA, eager calls with contiguous x and residual of one shape (no shared dims, no per-row
+seeds) go through the C++ host path (csrc/fast_dropout.cpp), which replays launches planned
+here (plan_forward_for_extension, plan_backward_for_extension) and runs the same autograd
+in C++; every other call runs DropoutAddFunction.
 """
 from __future__ import annotations
 
@@ -791,10 +796,10 @@ def _check_operands(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torc
 
 
 def _extension_layout(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """The layouts the C++ host path takes: contiguous x and residual of one shape, bias
-    None or contiguous."""
+    """The layouts the C++ host path takes: non-empty contiguous x and residual of one
+    shape, bias None or contiguous."""
     return (x.is_contiguous() and residual.shape == x.shape and residual.is_contiguous()
-            and (bias is None or bias.is_contiguous()))
+            and (bias is None or bias.is_contiguous()) and x.numel() > 0)
 
 
 def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, training: bool = True, *,
