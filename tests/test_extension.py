@@ -135,8 +135,9 @@ def test_cuda_dropout_add_replays_equal_the_python_path(dtype, monkeypatch):
     fast.clear_recipes()
     gen = torch.Generator().manual_seed(11)
     cases = [((64, 300), True, 2**40 + 3, True, (0, 1, 2)), ((33, 129), False, torch.tensor(-9), True, (0, 1)),
-             ((8, 4, 96), True, None, True, (2,)), ((64, 300), True, 5, False, (0, 2)), ((16, 64), True, 7, True, ())]
-    for act in ACTIVATIONS:
+             ((8, 4, 96), True, None, True, (2,)), ((64, 300), True, 5, False, (0, 2)), ((64, 300), True, 7, True, ())]
+    # every activation in fp32; two in the other dtypes (each new combination compiles kernels)
+    for act in ACTIVATIONS if dtype == torch.float32 else (None, "gelu"):
         for shape, bias_on, seed, training, wanted in cases:
             x, residual, grad = (torch.randn(shape, generator=gen).to(dtype).cuda() for _ in range(3))
             bias = torch.randn(shape[-1], generator=gen).to(dtype).cuda() if bias_on else None
