@@ -275,7 +275,7 @@ void launch_recipe(const Recipe& recipe, const LaunchArgs& args, c10::Device dev
       case kScaleLo: value = c.scale_lo; break;
       default: break;
     }
-    if (tensor != nullptr || is_pointer_source(param.source)) {
+    if (is_pointer_source(param.source)) {
       // The key makes a recipe's pointer parameters present exactly when its tensors are.
       TORCH_CHECK(tensor != nullptr && tensor->defined(), "seeddrop: a recipe expects a tensor the call lacks");
       value = reinterpret_cast<int64_t>(tensor->data_ptr());
