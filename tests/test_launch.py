@@ -114,3 +114,6 @@ def test_recipe_lists_the_compiled_kernels_parameters_with_their_sources():
         assert kernel.recipe(key, cfg.grid, args, cfg.num_warps, dropout._PARAM_SOURCES) is None, refused
     kernel.kernels[full_key] = _fake_compiled({**signature, "threshold": "fp32"})  # a float parameter
     assert kernel.recipe(key, cfg.grid, args, cfg.num_warps, dropout._PARAM_SOURCES) is None
+    kernel.kernels[full_key] = _fake_compiled(signature)  # a pointer the launcher would not fill in
+    sources = {k: v for k, v in dropout._PARAM_SOURCES.items() if k != "out_ptr"}
+    assert kernel.recipe(key, cfg.grid, args, cfg.num_warps, sources) is None
