@@ -177,6 +177,14 @@ void append_tensor(std::vector<int64_t>& key, const at::Tensor* t) {
   key.push_back(alignment_code(t->data_ptr()));
 }
 
+// `head` (the kind and the call's flags), then each tensor's part.
+std::vector<int64_t> tensors_key(std::initializer_list<int64_t> head,
+                                 std::initializer_list<const at::Tensor*> tensors) {
+  std::vector<int64_t> key(head);
+  for (const at::Tensor* t : tensors) append_tensor(key, t);
+  return key;
+}
+
 // Everything the Python plan depends on (ops/dropout.py: launch's key, pointer alignment).
 std::vector<int64_t> layout_key(const at::Tensor& x, const at::Tensor& out, const at::Tensor* seed,
                                 at::IntArrayRef shared, bool per_row) {
@@ -305,12 +313,7 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
   c10::DeviceGuard device_guard(x.device());
   auto key = layout_key(x, out, seed, shared, per_row);
   if (auto recipe = find_recipe(key)) {
-    LaunchArgs args;
-    args.tensors = {&x, &out, nullptr, nullptr, nullptr};
-    args.seed = seed;
-    args.seed_value = seed_value;
-    args.p = p;
-    launch_recipe(*recipe, args, x.device());
+    launch_recipe(*recipe, LaunchArgs{{&x, &out, nullptr, nullptr, nullptr}, seed, seed_value, p}, x.device());
     return;
   }
   const Planners& plan = get_planners();
@@ -436,17 +439,9 @@ at::Tensor run_dropout_add_forward(const at::Tensor& x, const at::Tensor& residu
   bias = present(bias);
   seed = masked ? present(seed) : nullptr;
   c10::DeviceGuard device_guard(x.device());
-  std::vector<int64_t> key{kDropoutAddForward, x.get_device(), act, masked};
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&x, &residual, &out, bias, seed}) {
-    append_tensor(key, t);
-  }
+  auto key = tensors_key({kDropoutAddForward, x.get_device(), act, masked}, {&x, &residual, &out, bias, seed});
   if (auto recipe = find_recipe(key)) {
-    LaunchArgs args;
-    args.tensors = {&x, &out, &residual, bias, nullptr};
-    args.seed = seed;
-    args.seed_value = seed_value;
-    args.p = p;
-    launch_recipe(*recipe, args, x.device());
+    launch_recipe(*recipe, LaunchArgs{{&x, &out, &residual, bias, nullptr}, seed, seed_value, p}, x.device());
     return out;
   }
   const Planners& plan = get_planners();
@@ -466,21 +461,15 @@ at::Tensor run_dropout_add_backward(const at::Tensor& grad, const at::Tensor* x,
   x = act != 0 ? present(x) : nullptr;  // act'(z) = 1: x + bias is not read
   bias = act != 0 ? present(bias) : nullptr;
   c10::DeviceGuard device_guard(grad.device());
-  std::vector<int64_t> key{kDropoutAddBackward, grad.get_device(), act, masked, reduce_bias};
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&grad, x, &grad_x, bias, seed}) {
-    append_tensor(key, t);
-  }
+  auto key = tensors_key({kDropoutAddBackward, grad.get_device(), act, masked, reduce_bias},
+                         {&grad, x, &grad_x, bias, seed});
   if (auto recipe = find_recipe(key)) {
     at::Tensor workspace;
     if (!recipe->workspace_sizes.empty()) {
       workspace = at::empty(recipe->workspace_sizes, grad.options().dtype(recipe->workspace_dtype));
     }
-    LaunchArgs args;
-    args.tensors = {&grad, &grad_x, x, bias, workspace.defined() ? &workspace : nullptr};
-    args.seed = seed;
-    args.seed_value = seed_value;
-    args.p = p;
-    launch_recipe(*recipe, args, grad.device());
+    const at::Tensor* partial = workspace.defined() ? &workspace : nullptr;
+    launch_recipe(*recipe, LaunchArgs{{&grad, &grad_x, x, bias, partial}, seed, seed_value, p}, grad.device());
     return workspace;
   }
   const Planners& plan = get_planners();
