@@ -87,6 +87,19 @@ for dtype, acts in ACTS.items():
                 assert torch.equal(module.dropout_add_forward(x, residual, bias, seed_tensor, seed_value, False, 0.3,
                                                               training, code), expected)
 
+# compiled autograd (torch._dynamo.compiled_autograd) traces through both C++ nodes
+from torch._dynamo import compiled_autograd  # noqa: E402
+
+x, residual, bias = (torch.randn(*shape, generator=gen, requires_grad=True) for shape in ((8, 32), (8, 32), (32,)))
+out = module.dropout_add_forward(module.dropout_forward(x, None, 9, False, 0.2, (), False), residual, bias, None, 5,
+                                 False, 0.3, True, check_activation("gelu"))
+with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+    out.sum().backward()
+copies = [t.detach().clone().requires_grad_() for t in (x, residual, bias)]
+seeddrop.dropout_add(seeddrop.dropout(copies[0], 0.2, seed=9), copies[1], 0.3, bias=copies[2], activation="gelu",
+                     seed=5).sum().backward()
+assert all(torch.equal(a.grad, b.grad) for a, b in zip((x, residual, bias), copies))
+
 # the seed drawn in C++ equals _common.draw_seed's (eager CUDA path: a host draw)
 common._in_graph = lambda: False
 x = torch.randn(3, 64, generator=gen)
