@@ -87,6 +87,23 @@ for dtype, acts in ACTS.items():
                 assert torch.equal(module.dropout_add_forward(x, residual, bias, seed_tensor, seed_value, False, 0.3,
                                                               training, code), expected)
 
+# the saved x and bias as a saved_tensors_hooks unpack returns them (here: transposed copies, not
+# contiguous) give the same gradients; create_graph=True through the node raises, as in Python
+x, residual = (torch.randn(8, 32, generator=gen, requires_grad=True) for _ in range(2))
+bias = torch.randn(32, generator=gen, requires_grad=True)
+expected = torch.autograd.grad(seeddrop.dropout_add(x, residual, 0.3, bias=bias, activation="gelu", seed=4).sum(),
+                               [x, bias])
+with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t.t().contiguous().t() if t.dim() == 2 else t):
+    out = module.dropout_add_forward(x, residual, bias, None, 4, False, 0.3, True, check_activation("gelu"))
+    got = torch.autograd.grad(out.sum(), [x, bias], retain_graph=True)
+assert all(torch.equal(a, b) for a, b in zip(got, expected))
+try:
+    torch.autograd.grad(out.sum(), [x], create_graph=True)
+except RuntimeError as error:
+    assert "not differentiable" in str(error), error
+else:
+    raise AssertionError("create_graph=True through the C++ dropout_add node did not raise")
+
 # compiled autograd (torch._dynamo.compiled_autograd) traces through both C++ nodes
 from torch._dynamo import compiled_autograd  # noqa: E402
 

@@ -397,6 +397,23 @@ def test_saved_for_backward(activation):
     out.sum().backward()  # still works after the hooks
 
 
+def test_second_order_gradients_raise_instead_of_going_missing():
+    """The backward kernels record no graph: a backward with create_graph=True through
+    dropout_add raises rather than leaving the second-order terms out; without it, and
+    with create_graph=True where nothing it would differentiate needs a gradient, it runs."""
+    x, r, b = inputs((6, 24), torch.float32, requires_grad=True)
+    out = seeddrop.dropout_add(x, r, P, bias=b, activation="gelu", seed=SEED)
+    with pytest.raises(RuntimeError, match="not differentiable"):  # gelu'(x + b) depends on x and b
+        torch.autograd.grad(out.sum(), [x], create_graph=True)
+    assert torch.autograd.grad(out.sum(), [x])[0].shape == x.shape
+    out = seeddrop.dropout_add(x, r, P, bias=b, seed=SEED)  # no activation: linear in grad_out
+    v = torch.ones_like(out, requires_grad=True)  # e.g. a double-backward trick: grad_out needs a gradient
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad(out, [x], v, create_graph=True)
+    (gx,) = torch.autograd.grad(out, [x], v.detach(), create_graph=True)  # nothing to differentiate: runs
+    assert_bitwise_equal(gx, seeddrop.dropout(torch.ones_like(x), P, seed=SEED))
+
+
 def test_bias_gradient_is_deterministic():
     torch.manual_seed(16)
     x, r, b = inputs((37, 24), torch.float32, requires_grad=True)

@@ -346,9 +346,13 @@ void check_seed(const at::Tensor& x, const at::Tensor& seed, at::IntArrayRef sha
 
 at::Tensor dropout_cuda(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value,
                         double p, at::IntArrayRef shared, bool per_row) {
-  if (seed_tensor.has_value() && seed_tensor->defined()) check_seed(x, *seed_tensor, shared, per_row);
+  std::optional<at::Tensor> seed;
+  if (seed_tensor.has_value() && seed_tensor->defined()) {
+    check_seed(x, *seed_tensor, shared, per_row);
+    seed = seed_tensor->contiguous();  // the kernel reads a seed vector densely
+  }
   at::Tensor out = at::empty_like(x);
-  run_dropout(x, out, seed_tensor, seed_value, p, shared, per_row);
+  run_dropout(x, out, seed, seed_value, p, shared, per_row);
   return out;
 }
 
@@ -513,7 +517,17 @@ struct DropoutAddFunction : public torch::autograd::Function<DropoutAddFunction>
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
+    // .contiguous(): the kernels read x and bias (and a seed vector) densely, whatever layout
+    // a saved_tensors_hooks unpack returns them in (a no-op for what forward saved)
+    auto saved = ctx->get_saved_variables();
+    // as ops/dropout_add.py: check_first_order (the kernels record no graph)
+    TORCH_CHECK(!(at::GradMode::is_enabled() &&
+                  (grads[0].requires_grad() || saved[1].requires_grad() || saved[2].requires_grad())),
+                "seeddrop.dropout_add: its backward is not differentiable (create_graph=True through dropout_add is "
+                "not supported)");
+    for (auto& t : saved) {
+      if (t.defined()) t = t.contiguous();
+    }
     const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
     // next edges: x, residual, then bias when it was given (then the seed tensor)
     const bool need_x = ctx->needs_input_grad(0);
@@ -551,12 +565,6 @@ at::Tensor dropout_add_forward(const at::Tensor& x, const at::Tensor& residual, 
   return run_dropout_add_forward(x, residual, bias_ptr, seed_ptr, seed_value, p, masked, act);
 }
 
-void set_planners(py::object dropout, py::object dropout_add_forward, py::object dropout_add_backward,
-                  py::object p_constants) {
-  planners = new Planners{std::move(dropout), std::move(dropout_add_forward), std::move(dropout_add_backward),
-                          std::move(p_constants)};
-}
-
 size_t cached_recipes() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   return recipes.size();
@@ -566,6 +574,14 @@ void clear_recipes() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   recipes.clear();
   p_cache.clear();
+}
+
+void set_planners(py::object dropout, py::object dropout_add_forward, py::object dropout_add_backward,
+                  py::object p_constants) {
+  delete planners;  // (the GIL is held: pybind calls this)
+  planners = new Planners{std::move(dropout), std::move(dropout_add_forward), std::move(dropout_add_backward),
+                          std::move(p_constants)};
+  clear_recipes();  // recipes of the previous planners
 }
 
 }  // namespace

@@ -37,6 +37,7 @@ instructions per element than tl.erf / tl.exp / `/` (offline sm_90 SASS, bf16 ke
 fp64 uses libdevice's erf and exact division.
 
 Backward: saves the seed, plus x and bias when an activation is set (act'(x + bias));
+not differentiable itself (a backward with create_graph=True through it raises an error);
 with activation None nothing of x's size. One kernel writes grad_x = grad_out * m *
 act'(z) and, when bias needs a gradient, the column sums of each program's rows (in the
 compute type, before rounding) into an [n_chunks, C] workspace; torch sums its rows.
@@ -665,6 +666,14 @@ def apply_dropout_add_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bi
     return grad_x, partial.sum(0) if reduce_bias else None  # fixed-order reduction of the chunks
 
 
+def check_first_order(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> None:
+    """The backward kernels record no graph: refuse create_graph=True where a second-order
+    gradient would depend on them, instead of leaving it silently out."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (grad, x, bias)):
+        raise RuntimeError("seeddrop.dropout_add: its backward is not differentiable (create_graph=True through "
+                           "dropout_add is not supported)")
+
+
 class DropoutAddFunction(torch.autograd.Function):
     """Autograd for dropout_add. Saved for backward: the seed (an int, or the seed tensor),
     plus x and bias only when an activation is set (its derivative needs x + bias); with
@@ -684,6 +693,7 @@ class DropoutAddFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         seed_tensor, x, bias = ctx.saved_tensors
+        check_first_order(grad, x, bias)
         cfg = ctx.cfg
         need_x, need_residual, need_bias = ctx.needs_input_grad[:3]
         grad_x = grad_residual = grad_bias = None
