@@ -160,6 +160,99 @@ def test_cuda_dropout_add_replays_equal_the_python_path(dtype, monkeypatch):
 
 @pytest.mark.cuda
 @needs_cuda
+def test_cuda_dropout_add_cpp_path_edges(monkeypatch):
+    """Replays proven by counting the planners' calls; p changing on one layout; retain_graph;
+    a transposed incoming gradient; a misaligned view; mixed dtypes; the layouts that must stay
+    on the Python path; and a CUDA graph capture through the C++ path."""
+    from seeddrop.ops import dropout_add as dadd
+
+    fast = _fast()
+    planned = []
+
+    def counting(name, planner):
+        return lambda *args: planned.append(name) or planner(*args)
+
+    fast.set_planners(dropout_module.plan_for_extension, counting("fwd", dadd.plan_forward_for_extension),
+                      counting("bwd", dadd.plan_backward_for_extension), dropout_module.p_constants)
+    try:
+        gen = torch.Generator().manual_seed(5)
+        x, residual, grad = (torch.randn(64, 256, generator=gen).cuda() for _ in range(3))
+        bias = torch.randn(256, generator=gen).cuda()
+
+        def python_path(*args, **kwargs):
+            with monkeypatch.context() as patch:
+                patch.setattr(_extension, "load", lambda: None)
+                return _dropout_add_with_grads(*args, **kwargs)
+
+        for p in (0.2, 0.7, 0.2):  # one layout, p per call
+            kwargs = dict(p=p, activation="gelu", seed=99)
+            expected, expected_grads = python_path(x, residual, bias, (0, 2), grad, **kwargs)
+            out, grads = _dropout_add_with_grads(x, residual, bias, (0, 2), grad, **kwargs)
+            assert torch.equal(out, expected) and all(map(torch.equal, grads, expected_grads)), p
+        assert planned == ["fwd", "bwd"], planned  # planned once each, replayed after
+
+        leaves = [t.clone().requires_grad_() for t in (x, residual, bias)]
+        out = seeddrop.dropout_add(leaves[0], leaves[1], 0.2, bias=leaves[2], activation="gelu", seed=99)
+        first = torch.autograd.grad(out, leaves, grad.t().contiguous().t(), retain_graph=True)  # transposed grad
+        second = torch.autograd.grad(out, leaves, grad)
+        assert all(map(torch.equal, first, second))
+        assert torch.equal(first[0], expected_grads[0]) and torch.equal(first[2], expected_grads[1])
+
+        mixed_args = (x.bfloat16(), residual, bias.double())
+        mixed = dict(p=0.3, activation="silu", seed=3)
+        expected, expected_grads = python_path(*mixed_args, (0, 1, 2), grad, **mixed)
+        out, grads = _dropout_add_with_grads(*mixed_args, (0, 1, 2), grad, **mixed)
+        assert torch.equal(out, expected) and all(map(torch.equal, grads, expected_grads))
+        assert [g.dtype for g in grads] == [t.dtype for t in mixed_args]
+
+        buffer = torch.randn(64 * 256 + 1, generator=gen).cuda().requires_grad_()
+
+        def misaligned(python):  # x's data 4 bytes past an aligned start, in forward and backward
+            with monkeypatch.context() as patch:
+                if python:
+                    patch.setattr(_extension, "load", lambda: None)
+                out = seeddrop.dropout_add(buffer[1:].view(64, 256), residual, 0.3, activation="silu", seed=3)
+                return out, torch.autograd.grad(out, [buffer], grad)[0]
+
+        assert all(map(torch.equal, misaligned(True), misaligned(False)))
+
+        leaf = x.clone().requires_grad_()
+        for kwargs in [dict(residual=residual[:1]), dict(residual=residual.t().contiguous().t()),
+                       dict(residual=residual, shared_dims=(0,))]:
+            out = seeddrop.dropout_add(leaf, p=0.2, seed=1, **kwargs)
+            assert "CppNode" not in out.grad_fn.name(), kwargs  # the Python path (DropoutAddFunction)
+
+        # graph capture: seeds drawn on the device by the graph, the workspace from its pool
+        leaves = [t.clone().requires_grad_() for t in (x, residual, bias)]
+
+        def step():
+            for t in leaves:
+                t.grad = None
+            out = seeddrop.dropout_add(leaves[0], leaves[1], 0.5, bias=leaves[2], activation="relu")
+            out.backward(grad)
+            return out
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = step()
+        outs = []
+        for _ in range(2):
+            graph.replay()
+            outs.append((static_out.clone(), leaves[2].grad.clone()))
+        assert not torch.equal(outs[0][0], outs[1][0])  # new masks every replay
+        keep = (outs[1][0] - residual) != 0  # where relu(x + bias) survived the mask
+        torch.testing.assert_close(outs[1][1], (grad * keep * 2.0).sum(0))  # bias grad of that mask
+    finally:
+        _extension.set_planners(fast)
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_seed_drawn_in_cpp_equals_the_python_draw():
     """seed=None on CUDA is drawn in C++ from torch's default CPU generator, exactly as
     _common.draw_seed draws it (and as the CPU path does): same masks after manual_seed."""
