@@ -316,8 +316,8 @@ void run_dropout(const at::Tensor& x, const at::Tensor& out, const std::optional
     launch_recipe(*recipe, LaunchArgs{{&x, &out, nullptr, nullptr, nullptr}, seed, seed_value, p}, x.device());
     return;
   }
+  py::gil_scoped_acquire gil;  // before the planners: set_planners replaces them under the GIL
   const Planners& plan = get_planners();
-  py::gil_scoped_acquire gil;
   py::object result = plan.dropout(x, out, optional_tensor(seed), seed_value, p, py::tuple(py::cast(shared.vec())),
                                    per_row);
   if (!result.is_none()) store_recipe(std::move(key), parse_recipe(result));
@@ -448,8 +448,8 @@ at::Tensor run_dropout_add_forward(const at::Tensor& x, const at::Tensor& residu
     launch_recipe(*recipe, LaunchArgs{{&x, &out, &residual, bias, nullptr}, seed, seed_value, p}, x.device());
     return out;
   }
+  py::gil_scoped_acquire gil;  // before the planners: set_planners replaces them under the GIL
   const Planners& plan = get_planners();
-  py::gil_scoped_acquire gil;
   py::object result = plan.dropout_add_forward(x, residual, optional_tensor(bias), out, optional_tensor(seed),
                                                seed_value, p, masked, act);
   if (!result.is_none()) store_recipe(std::move(key), parse_recipe(result));
@@ -476,8 +476,8 @@ at::Tensor run_dropout_add_backward(const at::Tensor& grad, const at::Tensor* x,
     launch_recipe(*recipe, LaunchArgs{{&grad, &grad_x, x, bias, partial}, seed, seed_value, p}, grad.device());
     return workspace;
   }
+  py::gil_scoped_acquire gil;  // before the planners: set_planners replaces them under the GIL
   const Planners& plan = get_planners();
-  py::gil_scoped_acquire gil;
   auto result = plan.dropout_add_backward(grad, optional_tensor(x), optional_tensor(bias), grad_x,
                                           optional_tensor(seed), seed_value, p, masked, act, reduce_bias)
                     .cast<py::tuple>();
