@@ -147,7 +147,8 @@ constexpr size_t kMaxParams = 64;
 std::mutex cache_mutex;
 std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Recipe>, KeyHash> recipes;
 std::unordered_map<double, PConstants> p_cache;  // a model uses a few p
-// Python callables, never destroyed (the interpreter may be gone when statics are):
+// Python callables, heap-allocated so that no static destructor runs them at exit (the
+// interpreter may be gone by then); set_planners replaces them:
 struct Planners {
   py::object dropout;               // (x, out, seed_tensor, seed_value, p, shared, per_row) -> recipe or None
   py::object dropout_add_forward;   // (x, residual, bias, out, seed_tensor, seed_value, p, masked, act) -> recipe or None
