@@ -90,6 +90,11 @@ class FastKernel:
         c_launch, head = entry
         c_launch(grid, 1, 1, torch._C._cuda_getCurrentRawStream(device), *head, *call)
 
+    def launch_for_recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict):
+        """launch(key, grid, args, num_warps), then its recipe (below): the C++ planners' step."""
+        self.launch(key, grid, args, num_warps)
+        return self.recipe(key, grid, args, num_warps, sources)
+
     def recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict):
         """The launch that `launch(key, grid, args, num_warps)` made, described for the C++
         launcher (csrc/fast_dropout.cpp), or None when that launcher cannot replay it.

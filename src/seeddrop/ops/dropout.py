@@ -220,8 +220,7 @@ def plan_for_extension(x, out, seed_tensor, seed_value, p, shared, per_row):
         apply_dropout(x, p, seed, shared, per_row, out=out)
         return None
     key, cfg, args = prepared
-    _KERNEL.launch(key, cfg.grid, args, cfg.num_warps)
-    return _KERNEL.recipe(key, cfg.grid, args, cfg.num_warps, _PARAM_SOURCES)
+    return _KERNEL.launch_for_recipe(key, cfg.grid, args, cfg.num_warps, _PARAM_SOURCES)
 
 
 def p_constants(p: float) -> tuple:

@@ -554,11 +554,10 @@ def plan_forward_for_extension(x, residual, bias, out, seed_tensor, seed_value, 
     cfg = Config(p, masked, (), False, act)
     seed = Seed(seed_tensor, seed_value) if masked else None
     if not use_triton(x):
-        out.copy_(dropout_add_reference(x, residual, bias, seed, cfg, out.dtype))
+        apply_dropout_add(x, residual, bias, seed, cfg, out=out)
         return None
     key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
-    _FWD.launch(key, plan.grid, args, plan.num_warps)
-    return _FWD.recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES)
+    return _FWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES)
 
 
 def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, p, masked, act, reduce_bias):
@@ -567,12 +566,10 @@ def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, 
     cfg = Config(p, masked, (), False, act)
     seed = Seed(seed_tensor, seed_value) if masked else None
     if not use_triton(grad):
-        gx, bias_sum = dropout_add_backward_reference(grad, x, bias, seed, cfg, grad_x.dtype, reduce_bias)
-        grad_x.copy_(gx)
+        _, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, grad_x.dtype, reduce_bias, grad_x=grad_x)
         return None, (bias_sum[None] if reduce_bias else None)
     key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
-    _BWD.launch(key, plan.grid, args, plan.num_warps)
-    return _BWD.recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES), partial
+    return _BWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES), partial
 
 
 # --------------------------------------------------------------------------
