@@ -345,6 +345,14 @@ void check_seed(const at::Tensor& x, const at::Tensor& seed, at::IntArrayRef sha
   }
 }
 
+// A new tensor = dropout(x), for a seed already checked (by Python or by dropout_cuda).
+at::Tensor dropout_to_new(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value,
+                          double p, at::IntArrayRef shared, bool per_row) {
+  at::Tensor out = at::empty_like(x);
+  run_dropout(x, out, seed_tensor, seed_value, p, shared, per_row);
+  return out;
+}
+
 at::Tensor dropout_cuda(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, int64_t seed_value,
                         double p, at::IntArrayRef shared, bool per_row) {
   std::optional<at::Tensor> seed;
@@ -352,9 +360,7 @@ at::Tensor dropout_cuda(const at::Tensor& x, const std::optional<at::Tensor>& se
     check_seed(x, *seed_tensor, shared, per_row);
     seed = seed_tensor->contiguous();  // the kernel reads a seed vector densely
   }
-  at::Tensor out = at::empty_like(x);
-  run_dropout(x, out, seed, seed_value, p, shared, per_row);
-  return out;
+  return dropout_to_new(x, seed, seed_value, p, shared, per_row);
 }
 
 // ---------------------------------------------------------------------------
@@ -430,7 +436,7 @@ at::Tensor dropout_forward(const at::Tensor& x, const std::optional<at::Tensor>&
   if (at::GradMode::is_enabled() && x.requires_grad()) {
     return DropoutFunction::apply(x, seed_tensor, c10::SymInt(seed_value), p, c10::fromIntArrayRefSlow(shared).vec(), per_row);
   }
-  return dropout_cuda(x, seed_tensor, seed_value, p, shared, per_row);
+  return dropout_to_new(x, seed_tensor, seed_value, p, shared, per_row);  // Python checked the seed
 }
 
 // ---------------------------------------------------------------------------
