@@ -43,6 +43,41 @@ for dtype in (torch.float32, torch.bfloat16, torch.float64):
             assert torch.equal(module.dropout_forward(leaf, seed_tensor, seed_value, False, 0.3, shared, per_row),
                                expected)
 
+# the eager backward of a plain tensor calls the backend kernel without the dispatcher (no
+# seeddrop::dropout event in a profile); under a dispatch mode, and for create_graph=True
+# (GradMode on: the op records its own backward), it goes through the dispatcher
+from torch.profiler import profile  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+x = torch.randn(6, 40, generator=gen)
+grad, vector = torch.randn(6, 40, generator=gen), torch.randn(6, 40, generator=gen)
+leaf = x.clone().requires_grad_()
+out = module.dropout_forward(leaf, None, 11, False, 0.3, (), False)
+with profile() as prof:
+    (grad_x,) = torch.autograd.grad(out, [leaf], grad, retain_graph=True)
+assert torch.equal(grad_x, seeddrop.dropout(grad, 0.3, seed=11))
+assert not [e.name for e in prof.events() if e.name == "seeddrop::dropout"], "the eager backward dispatched"
+recorder = OpRecorder()
+with recorder:
+    (moded,) = torch.autograd.grad(out, [leaf], grad, retain_graph=True)
+assert "seeddrop.dropout.default" in recorder.seen and torch.equal(moded, grad_x), recorder.seen
+grad_leaf = grad.clone().requires_grad_()
+(grad_x,) = torch.autograd.grad(out, [leaf], grad_leaf, create_graph=True)
+assert grad_x.grad_fn is not None and torch.equal(grad_x, seeddrop.dropout(grad, 0.3, seed=11))
+(second,) = torch.autograd.grad(grad_x, [grad_leaf], vector)
+assert torch.equal(second, seeddrop.dropout(vector, 0.3, seed=11))
+
 # dropout_add's entry and autograd node: equal to the Python path, output and gradients
 ACTS = {torch.float32: (None, "relu", "gelu", "gelu_tanh", "silu"), torch.bfloat16: (None, "gelu"),
         torch.float64: ("silu",)}

@@ -32,6 +32,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -366,7 +367,8 @@ at::Tensor dropout_cuda(const at::Tensor& x, const std::optional<at::Tensor>& se
 // ---------------------------------------------------------------------------
 // autograd: saves the seed only; backward is dropout of the gradient with the same seed.
 // Both directions call seeddrop::dropout through the dispatcher, so tracers (fake tensors
-// under torch.compile) see the op instead of a launch.
+// under torch.compile, compiled autograd) see the op instead of a launch; an eager backward
+// on a plain tensor calls the backend kernel the dispatcher would reach, two hops sooner.
 // ---------------------------------------------------------------------------
 at::Tensor call_op(const at::Tensor& x, const std::optional<at::Tensor>& seed_tensor, c10::SymInt seed_value, double p,
                    c10::SymIntArrayRef shared, bool per_row) {
@@ -375,6 +377,19 @@ at::Tensor call_op(const at::Tensor& x, const std::optional<at::Tensor>& seed_te
       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, c10::SymInt, double,
                         c10::SymIntArrayRef, bool)>();
   return op.call(x, seed_tensor, std::move(seed_value), p, shared, per_row);
+}
+
+// Whether the dispatcher, below autograd, would send a call on `t` straight to dropout_cuda:
+// a plain tensor of a backend this file serves, under no tracing mode (fake, functional or
+// Python-dispatch tensors and modes take the dispatcher, so tracers still record the op).
+bool reaches_backend_kernel(const at::Tensor& t) {
+  const auto tls = c10::impl::tls_local_dispatch_key_set();
+  const auto keys = ((t.key_set() | tls.included_) - tls.excluded_) & c10::after_ADInplaceOrView_keyset;
+  const auto top = keys.remove(c10::DispatchKey::BackendSelect).highestPriorityTypeId();  // (a fallthrough)
+#ifdef SEEDDROP_CPU_DISPATCH_FOR_TESTS
+  if (top == c10::DispatchKey::CPU) return true;
+#endif
+  return top == c10::DispatchKey::CUDA;
 }
 
 struct DropoutFunction : public torch::autograd::Function<DropoutFunction> {
@@ -396,8 +411,17 @@ struct DropoutFunction : public torch::autograd::Function<DropoutFunction> {
     std::optional<at::Tensor> seed_tensor;
     if (seed.defined()) seed_tensor = seed;
     const auto shared = ctx->saved_data["shared"].toSymIntVector();
-    at::Tensor grad_x = call_op(grads[0], seed_tensor, ctx->saved_data["seed_value"].toSymInt(),
-                                     ctx->saved_data["p"].toDouble(), shared, ctx->saved_data["per_row"].toBool());
+    const c10::SymInt seed_value = ctx->saved_data["seed_value"].toSymInt();
+    const double p = ctx->saved_data["p"].toDouble();
+    const bool per_row = ctx->saved_data["per_row"].toBool();
+    const auto concrete_seed = seed_value.maybe_as_int();
+    const auto concrete_shared = c10::asIntArrayRefSlowOpt(shared);
+    at::Tensor grad_x;
+    if (!at::GradMode::is_enabled() && concrete_seed && concrete_shared && reaches_backend_kernel(grads[0])) {
+      grad_x = dropout_cuda(grads[0], seed_tensor, *concrete_seed, p, *concrete_shared, per_row);
+    } else {
+      grad_x = call_op(grads[0], seed_tensor, seed_value, p, shared, per_row);
+    }
     return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
