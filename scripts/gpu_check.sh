@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks in one device call: the CUDA tests, then the benchmarks.
-# Usage: bash scripts/gpu_check.sh [tests] [bench] [core] [dropout_add] [sparse_jl] [gpt2] [tune] [ab] [all]
+# Usage: bash scripts/gpu_check.sh [tests] [bench] [core] [small] [dropout_add] [sparse_jl] [gpt2] [tune] [ab] [all]
 # (tune: plan sweeps, the host-overhead breakdown, the backward host probe, a GPT-2 step profile and its phases; ab: host overhead and
 # the compiled GPT-2 step under both op registrations, SEEDDROP_OP_REGISTRATION; neither is part of all)
 # Results go to $RESULTS (default ./gpu_results); when $OUT is set (the device tool) they are
@@ -27,6 +27,11 @@ fi
 if want bench; then python -m seeddrop bench --out "$RESULTS/bench" --no-progress 2>&1 | tee "$RESULTS/bench.log" | tail -n 5; fi
 if want core; then
   python benchmarks/bench_dropout.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout.log" | tail -n 30
+  python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
+fi
+if want small; then  # small N, host bound: interleaved rounds (issue 3's variational sweep), per-call overhead
+  python -m seeddrop bench --ops variational --sizes 1,16,256 --rounds 7 --out "$RESULTS/variational_small" \
+    --no-progress 2>&1 | tee "$RESULTS/variational_small.log" | tail -n 34
   python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
 fi
 if want dropout_add; then python benchmarks/bench_dropout_add.py --profile-mlp --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout_add.log" | tail -n 12; fi

@@ -233,7 +233,11 @@ def test_bench_options():
     assert cfg.tutorial == INTERPRET
     cfg, smoke = bench.config_from_args(bench_args("--allow-cpu"), cuda=False)
     assert not smoke and cfg.timer == "cpu" and cfg.sizes == bench.CPU_SIZES and cfg.inner == (64, 768)
-    for bad in (["--ops", "dropout,nope"], ["--dtypes", "fp8"], ["--sizes", "1,x"]):
+    assert full.rounds == 1
+    cfg, _ = bench.config_from_args(bench_args("--rounds", "5"), cuda=True)
+    assert cfg.rounds == 5
+    for bad in (["--ops", "dropout,nope"], ["--dtypes", "fp8"], ["--sizes", "1,x"], ["--rounds", "0"],
+                ["--rounds", "two"]):
         with pytest.raises(SystemExit):
             bench_args(*bad)
 
@@ -264,6 +268,51 @@ def test_measure_reports_failures_instead_of_raising():
     ms, traffic, error = bench._measure(lambda fn: 1.0, build)
     assert math.isnan(ms) and traffic == 0 and error == "RuntimeError: boom"
     assert bench._measure(lambda fn: 2.0, lambda: ((lambda: None), 4000)) == (2.0, 4000, "")
+
+
+def test_measure_all_interleaves_rounds_and_takes_medians():
+    order = []
+    times = {"a": iter([5.0, 1.0, 2.0]), "b": iter([9.0, 7.0, 8.0]), "c": iter([3.0, RuntimeError("lost")])}
+
+    def timer(fn):
+        name = fn()
+        order.append(name)
+        value = next(times[name])
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    warmups = []
+
+    def make(name, traffic):
+        def fn():
+            warmups.append(name)
+            return name
+
+        return lambda: (fn, traffic)
+
+    def broken():
+        raise ValueError("no input")
+
+    builds = [make("a", 10), make("b", 20), broken, make("c", 30)]
+    measured = bench._measure_all(timer, builds, rounds=3)
+    assert warmups[:3] == ["a", "b", "c"]  # every callable built and warmed up before any timing
+    assert order == ["a", "b", "c", "a", "b", "c", "a", "b"]  # passes over the list; c dropped after failing
+    assert measured[0] == (2.0, 10, "") and measured[1] == (8.0, 20, "")
+    assert math.isnan(measured[2][0]) and measured[2][2] == "ValueError: no input"
+    assert math.isnan(measured[3][0]) and measured[3][1:] == (0, "RuntimeError: lost")
+    order.clear()
+    times.update(a=iter([4.0]), b=iter([6.0]))
+    assert bench._measure_all(timer, builds[:2], rounds=1) == [(4.0, 10, ""), (6.0, 20, "")]
+
+
+def test_run_with_rounds_names_them_in_the_header():
+    cfg = bench.BenchConfig(ops=("dropout",), sizes=(2,), dtypes=("fp32",), inner=(2, 8), device="cpu", timer="cpu",
+                            rep_ms=0.0, rounds=2, compile_backend=None, tutorial=False)
+    report = bench.run(cfg, progress=False)
+    assert "median of 2 interleaved rounds" in report.header
+    assert {(r.method, r.direction) for r in report.results} >= {("copy", "fwd"), ("seeddrop", "bwd"), ("native", "bwd")}
+    assert not [r for r in report.results if r.error] and all(r.ms > 0 for r in report.results)
 
 
 def fake_report():

@@ -103,7 +103,11 @@ def test_cuda_backward_runs_in_the_cpp_node_and_saves_only_the_seed(dtype):
             y = seeddrop.dropout(x, 0.4, seed=gpu_seed)
         assert "CppNode" in y.grad_fn.name()  # the C++ node, not DropoutFunctionBackward
         assert saved == ([] if isinstance(seed, int) else [tuple(seed.shape)])
-        y.backward(grad_cpu.cuda())
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y.backward(grad_cpu.cuda())
+        names = {e.name for e in prof.events()}
+        # the node ran, and called the CUDA kernel without the dispatcher (eager, plain tensor)
+        assert any("CppNode" in n for n in names) and "seeddrop::dropout" not in names, names
         expected = seeddrop.dropout(grad_cpu, 0.4, seed=seed)
         assert torch.equal(x.grad.cpu(), expected), (dtype, seed)
         # a gradient laid out unlike the output: a layout the cache has not seen, planned by

@@ -78,6 +78,7 @@ class BenchConfig:
     timer: str = "cuda"
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
+    rounds: int = 1
     compile_backend: Optional[str] = "inductor"
     tutorial: bool = True
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -430,6 +431,8 @@ def environment(cfg: BenchConfig) -> str:
         triton_version = triton.__version__
     timing = {"cuda": "triton.testing.do_bench median", "cpu": "wall-clock median",
               "once": "one call (smoke pass, not a timing)"}[cfg.timer]
+    if cfg.rounds > 1 and cfg.timer != "once":
+        timing += f", median of {cfg.rounds} interleaved rounds"
     return (f"{datetime.date.today().isoformat()} | {where} | torch {torch.__version__} | triton {triton_version} | "
             f"p = {cfg.p} | x = [N, {cfg.inner[0]}*{cfg.inner[1]}] | {timing}")
 
@@ -449,25 +452,22 @@ def run(cfg: BenchConfig, progress: bool = True) -> Report:
             torch.manual_seed(n)
             x = torch.randn(n, cols, device=cfg.device, dtype=dtype)
             g = torch.randn_like(x)
-            bar.set_postfix_str(f"copy {dname} N={n}")
             copy_out = torch.empty_like(x)
-            copy = _measure(timer, lambda: (lambda: copy_out.copy_(x), nbytes(x, x)))
-            shape = f"{n}x{cols}"
-            results.append(_result("copy", "fwd", "copy", dname, n, shape, copy, copy[0]))
-            del copy_out
-            bar.update()
             case = Case(x, g, cfg, compiled)
+            rows = [("copy", Spec("fwd", "copy", lambda: (lambda: copy_out.copy_(x), nbytes(x, x))))]
             for op in ops:
-                bar.set_postfix_str(f"{op} {dname} N={n}")
                 try:
-                    specs = FAMILIES[op](case)
+                    rows += [(op, spec) for spec in FAMILIES[op](case)]
                 except Exception as e:  # report and go on with the other ops
-                    specs = [Spec("fwd", "setup", _raiser(e))]
-                for spec in specs:
-                    results.append(_result(op, spec.direction, spec.method, dname, n, shape,
-                                           _measure(timer, spec.build), copy[0]))
-                bar.update()
-            del case, x, g
+                    rows.append((op, Spec("fwd", "setup", _raiser(e))))
+            bar.set_postfix_str(f"{dname} N={n}")
+            measured = _measure_all(timer, [spec.build for _, spec in rows], cfg.rounds)
+            shape = f"{n}x{cols}"
+            copy_ms = measured[0][0]
+            for (op, spec), m in zip(rows, measured):
+                results.append(_result(op, spec.direction, spec.method, dname, n, shape, m, copy_ms))
+            bar.update(1 + len(ops))
+            del case, rows, copy_out, x, g
     memory = []
     if "memory" in available_ops(cfg.ops):
         bar.set_postfix_str("memory")
@@ -487,16 +487,52 @@ def _raiser(e: Exception):
     return build
 
 
-def _measure(timer, build) -> Tuple[float, int, str]:
-    """(ms, nominal bytes, error) of the callable build() returns; NaN and the error on failure."""
+def _error_text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
+def _prepare(build) -> Tuple[Optional[Callable], int, str]:
+    """(fn, nominal bytes, error) of build(), fn run once (the warm-up: torch.compile and
+    Triton compile here); fn None and the error on failure."""
     try:
         fn, traffic = build()
-        fn()  # warm-up outside timing (compiles torch.compile'd and Triton kernels)
+        fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return timer(fn), traffic, ""
+        return fn, traffic, ""
     except Exception as e:  # a failing method must not stop the sweep
-        return math.nan, 0, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        return None, 0, _error_text(e)
+
+
+def _measure(timer, build) -> Tuple[float, int, str]:
+    """(ms, nominal bytes, error) of the callable build() returns; NaN and the error on failure."""
+    fn, traffic, error = _prepare(build)
+    if fn is None:
+        return math.nan, 0, error
+    try:
+        return timer(fn), traffic, ""
+    except Exception as e:
+        return math.nan, 0, _error_text(e)
+
+
+def _measure_all(timer, builds: List[Callable], rounds: int) -> List[Tuple[float, int, str]]:
+    """_measure of each build. rounds > 1: all callables are built first, then timed in
+    `rounds` passes over the list (each callable's time: its median over the passes), so
+    that a host whose speed drifts during the sweep weighs on every method alike."""
+    if rounds <= 1:
+        return [_measure(timer, build) for build in builds]  # one at a time: less memory held
+    prepared = [list(_prepare(build)) for build in builds]
+    times: List[List[float]] = [[] for _ in prepared]
+    for _ in range(rounds):
+        for entry, spent in zip(prepared, times):
+            if entry[0] is None:
+                continue
+            try:
+                spent.append(timer(entry[0]))
+            except Exception as e:
+                entry[0], entry[2] = None, _error_text(e)
+    return [(statistics.median(spent) if fn is not None and spent else math.nan, traffic if fn is not None else 0, error)
+            for (fn, traffic, error), spent in zip(prepared, times)]
 
 
 def _result(op, direction, method, dtype, rows, shape, measured, copy_ms: float) -> Result:
@@ -666,6 +702,16 @@ def _csv_list(kind, choices=None):
     return parse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
+    return value
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--ops", type=_csv_list(str, OPS), default=OPS,
                         help=f"comma-separated op families (default: all that exist): {','.join(OPS)}")
@@ -680,12 +726,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines (saves compile time)")
     parser.add_argument("--allow-cpu", action="store_true", help="without a CUDA GPU: time on the CPU with small sizes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--rounds", type=_positive_int, default=1,
+                        help="time every method of a (dtype, N) in this many interleaved passes and report each "
+                             "one's median (default 1: one pass, one method at a time; R > 1 holds all of a size's "
+                             "inputs and graphs at once); for small N, where host time decides")
 
 
 def config_from_args(args, cuda: bool) -> Tuple[BenchConfig, bool]:
     """(config, smoke): the run the arguments ask for on this machine. Without CUDA and
     without --allow-cpu, a tiny smoke pass (smoke=True)."""
-    cfg = BenchConfig(ops=tuple(args.ops), p=args.p, compile_backend=None if args.no_compile else "inductor")
+    cfg = BenchConfig(ops=tuple(args.ops), p=args.p, rounds=args.rounds,
+                      compile_backend=None if args.no_compile else "inductor")
     if args.quick:
         cfg = replace(cfg, sizes=QUICK_SIZES, dtypes=QUICK_DTYPES, warmup_ms=10.0, rep_ms=30.0)
     if cuda:
