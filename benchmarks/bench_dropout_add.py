@@ -3,6 +3,8 @@ expression and that expression under torch.compile; plus a transformer MLP sub-b
 
 python benchmarks/bench_dropout_add.py --out DIR [--quick] [--no-compile]
 (--smoke: tiny CPU run of every code path with a wall-clock timer, to check the script.)
+The MLP sub-block runs nn.Dropout, seeddrop.dropout_add and no dropout in --mlp-rounds
+interleaved passes (median per variant).
 Prints Markdown tables last; writes DIR/dropout_add.md and DIR/dropout_add.csv.
 
 Memory floors, in units of the time of out.copy_(x) measured in the same run (a copy
@@ -155,23 +157,40 @@ def profile_step(step, device: str) -> str:
     return prof.key_averages().table(sort_by=sort, row_limit=15)
 
 
-def run_mlp(tokens, d, hidden, device, dtype, timer, profile=False):
-    """Times the MLP sub-block step with each dropout. Rows: step time and peak memory
-    (and, with profile, a torch.profiler table under "profile")."""
+def mlp_no_dropout(h, w, _):
+    return h + F.linear(F.gelu(F.linear(h, w["W1"], w["b1"])), w["W2"], w["b2"])
+
+
+MLP_BLOCKS = (("nn.Dropout", mlp_torch), ("seeddrop.dropout_add", mlp_seeddrop), ("no dropout", mlp_no_dropout))
+
+
+def run_mlp(tokens, d, hidden, device, dtype, timer, profile=False, rounds=5):
+    """Times the MLP sub-block step with each dropout (and without dropout, the floor a dropout
+    can reach), in `rounds` interleaved passes over the variants (step time: the median over the
+    passes; the step is host bound on some machines and their speed drifts). Rows: step time,
+    the spread over the passes, peak memory (and, with profile, a torch.profiler table)."""
     w = mlp_params(d, hidden, device, dtype)
     h = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, d, device=device, dtype=dtype)
     dropout = torch.nn.Dropout(P)
     leaves = [h, *w.values()]
-    rows = []
-    for name, block in (("nn.Dropout", mlp_torch), ("seeddrop.dropout_add", mlp_seeddrop)):
+
+    def make_step(block):
         def step():
             for t in leaves:
                 t.grad = None
             block(h, w, dropout).backward(grad)
 
-        step()
-        ms = timer(step)
+        step()  # warm-up: Triton compiles, cuBLAS picks its kernels
+        return step
+
+    steps = {name: make_step(block) for name, block in MLP_BLOCKS}
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(timer(step))
+    rows = []
+    for name, step in steps.items():
         table = profile_step(step, device) if profile else None
         for t in leaves:
             t.grad = None
@@ -186,7 +205,8 @@ def run_mlp(tokens, d, hidden, device, dtype, timer, profile=False):
             peak_mib, base_mib = peak / 2**20, (peak - base) / 2**20
             for t in leaves:
                 t.grad = None
-        rows.append({"impl": name, "step_ms": ms, "peak_mib": peak_mib, "peak_above_inputs_mib": base_mib})
+        rows.append({"impl": name, "step_ms": statistics.median(times[name]), "min_ms": min(times[name]),
+                     "max_ms": max(times[name]), "peak_mib": peak_mib, "peak_above_inputs_mib": base_mib})
         if table is not None:
             rows[-1]["profile"] = table
     return rows
@@ -215,9 +235,11 @@ def main_table(rows) -> str:
 
 def mlp_table(rows, desc) -> str:
     lines = [f"MLP sub-block forward+backward ({desc})", "",
-             "| impl | step ms | peak MiB | peak above inputs MiB |", "|---|---|---|---|"]
+             "| impl | step ms (median of the rounds) | min-max over rounds | peak MiB | peak above inputs MiB |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['impl']} | {r['step_ms']:.3f} | {r['peak_mib']:.1f} | {r['peak_above_inputs_mib']:.1f} |")
+        lines.append(f"| {r['impl']} | {r['step_ms']:.3f} | {r['min_ms']:.3f}-{r['max_ms']:.3f} | {r['peak_mib']:.1f} | "
+                     f"{r['peak_above_inputs_mib']:.1f} |")
     return "\n".join(lines)
 
 
@@ -231,6 +253,8 @@ def main():
     ap.add_argument("--profile-mlp", action="store_true",
                     help="also write a torch.profiler table of the MLP sub-block to DIR/dropout_add_mlp_profile.txt")
     ap.add_argument("--mlp-only", action="store_true", help="only the MLP sub-block")
+    ap.add_argument("--mlp-rounds", type=int, default=5,
+                    help="interleaved passes over the MLP variants (default 5; step time = median)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
@@ -254,7 +278,8 @@ def main():
                     f"{k}={v:.3f}" for k, v in r.items()), flush=True)
                 if device == "cuda":
                     torch.cuda.empty_cache()
-    mlp_rows = run_mlp(*mlp, device, torch.bfloat16 if device == "cuda" else torch.float32, timer, args.profile_mlp)
+    mlp_rows = run_mlp(*mlp, device, torch.bfloat16 if device == "cuda" else torch.float32, timer, args.profile_mlp,
+                       rounds=max(1, args.mlp_rounds))
     if args.profile_mlp:
         with open(os.path.join(args.out, "dropout_add_mlp_profile.txt"), "w") as f:
             f.writelines(f"## {r['impl']}\n\n{r.pop('profile')}\n\n" for r in mlp_rows)
