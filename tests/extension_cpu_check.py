@@ -11,8 +11,8 @@ from torch.utils.cpp_extension import load
 import seeddrop
 import seeddrop._common as common
 from seeddrop import _extension
-from seeddrop.ops.dropout import p_constants, plan_for_extension
-from seeddrop.ops.dropout_add import check_activation, plan_backward_for_extension, plan_forward_for_extension
+from seeddrop.ops.dropout import plan_for_extension
+from seeddrop.ops.dropout_add import check_activation
 
 module = load(name="seeddrop_fast_dropout_cpu_check", sources=[_extension._SOURCE],
               extra_cflags=["-O1", "-DSEEDDROP_CPU_DISPATCH_FOR_TESTS"], verbose=False)
@@ -185,7 +185,7 @@ def counting_planner(*args):
     return plan_for_extension(*args)
 
 
-module.set_planners(counting_planner, plan_forward_for_extension, plan_backward_for_extension, p_constants)
+_extension.set_planners(module, dropout=counting_planner)
 compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
 eager_out = step(x, seeds)
 (eager_grad,) = torch.autograd.grad(eager_out.sum(), [x])
@@ -193,6 +193,55 @@ compiled_out = compiled(x, seeds)
 (compiled_grad,) = torch.autograd.grad(compiled_out.sum(), [x])
 assert torch.equal(eager_out, compiled_out) and torch.equal(eager_grad, compiled_grad)
 assert len(planned) == 2, planned  # the compiled forward and backward ran the C++ CPU kernel
+
+# torch.compile'd dropout_add: the graph's dropout_add / dropout_add_backward ops run the C++
+# kernels (the planners run), shared dims fall back to the ops' Python kernels; outputs and
+# gradients equal eager's either way
+from seeddrop.ops import dropout_add as DA  # noqa: E402
+
+route = []
+
+
+def logged(name, fn):
+    return lambda *args: route.append(name) or fn(*args)
+
+
+_extension.set_planners(module, dropout_add_forward=logged("planner", DA.plan_forward_for_extension),
+                        dropout_add_backward=logged("planner", DA.plan_backward_for_extension),
+                        dropout_add_op=logged("python", DA.dropout_add_op_impl),
+                        dropout_add_backward_op=logged("python", DA.dropout_add_backward_op_impl))
+for shared, expected_route in [((), {"planner"}), ((0,), {"python"})]:
+    def block(a, r, b):
+        return seeddrop.dropout_add(a, r, 0.3, bias=b, activation="gelu", seed=21, shared_dims=shared) * 2
+
+    inputs = [torch.randn(*shape, generator=gen, requires_grad=True) for shape in ((6, 40), (6, 40), (40,))]
+    weight = torch.randn(6, 40, generator=gen)
+    eager_out = block(*inputs)
+    eager_grads = torch.autograd.grad((eager_out * weight).sum(), inputs)
+    route.clear()
+    compiled_out = torch.compile(block, fullgraph=True, backend="aot_eager")(*inputs)
+    compiled_grads = torch.autograd.grad((compiled_out * weight).sum(), inputs)
+    assert torch.equal(eager_out, compiled_out), shared
+    assert all(torch.equal(a, b) for a, b in zip(eager_grads, compiled_grads)), shared
+    assert set(route) == expected_route and len(route) == 2, (shared, route)  # forward and backward
+# an eager call of the op that needs a gradient: the C++ Autograd kernel hands it to the op's
+# Python autograd (the result has its backward); the backward op itself is not differentiable
+a, r, b = (t.detach().clone().requires_grad_() for t in inputs)
+out = torch.ops.seeddrop.dropout_add.default(a, r, b, None, 21, 0.3, True, [], False, 2)
+assert out.grad_fn is not None and torch.equal(out, seeddrop.dropout_add(a, r, 0.3, bias=b, activation="gelu", seed=21))
+grads = torch.autograd.grad(out, [a, r, b], weight)
+reference = torch.autograd.grad(seeddrop.dropout_add(a, r, 0.3, bias=b, activation="gelu", seed=21), [a, r, b], weight)
+assert all(torch.equal(g, e) for g, e in zip(grads, reference))
+grad_x, bias_sum = torch.ops.seeddrop.dropout_add_backward.default(weight.requires_grad_(), a, b, None, 21, 0.3, True,
+                                                                   [], False, 2, torch.float32, True)
+assert torch.equal(grad_x, grads[0]) and torch.allclose(bias_sum, grads[2]) and grad_x.grad_fn is not None
+try:
+    grad_x.sum().backward()
+except RuntimeError as error:
+    assert "not differentiable" in str(error), error
+else:
+    raise AssertionError("the backward of seeddrop::dropout_add_backward did not raise")
+_extension.set_planners(module)
 
 # an int seed that changes every call is a SymInt of the op, not a constant: no recompile
 counter = CompileCounterWithBackend("aot_eager")

@@ -176,8 +176,8 @@ def test_cuda_dropout_add_cpp_path_edges(monkeypatch):
     def counting(name, planner):
         return lambda *args: planned.append(name) or planner(*args)
 
-    fast.set_planners(dropout_module.plan_for_extension, counting("fwd", dadd.plan_forward_for_extension),
-                      counting("bwd", dadd.plan_backward_for_extension), dropout_module.p_constants)
+    _extension.set_planners(fast, dropout_add_forward=counting("fwd", dadd.plan_forward_for_extension),
+                            dropout_add_backward=counting("bwd", dadd.plan_backward_for_extension))
     try:
         gen = torch.Generator().manual_seed(5)
         x, residual, grad = (torch.randn(64, 256, generator=gen).cuda() for _ in range(3))

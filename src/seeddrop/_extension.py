@@ -22,12 +22,21 @@ def enabled() -> bool:
     return os.environ.get("SEEDDROP_EXTENSION", "1") != "0"
 
 
-def set_planners(module) -> None:
-    """Hand the extension the Python planners whose recipes it replays."""
+def set_planners(module, **overrides) -> None:
+    """Hand the extension the Python planners whose recipes it replays, and the Python kernels
+    and autograd of the dropout_add ops for the calls its C++ kernels leave to Python
+    (`overrides` replace some by name, e.g. a counting planner in a test)."""
+    from ._library import AUTOGRAD_APPLY
+    from .ops import dropout_add as da
     from .ops.dropout import p_constants, plan_for_extension
-    from .ops.dropout_add import plan_backward_for_extension, plan_forward_for_extension
 
-    module.set_planners(plan_for_extension, plan_forward_for_extension, plan_backward_for_extension, p_constants)
+    hooks = dict(dropout=plan_for_extension, dropout_add_forward=da.plan_forward_for_extension,
+                 dropout_add_backward=da.plan_backward_for_extension, p_constants=p_constants,
+                 dropout_add_op=da.dropout_add_op_impl, dropout_add_backward_op=da.dropout_add_backward_op_impl,
+                 dropout_add_autograd=AUTOGRAD_APPLY["dropout_add"],
+                 dropout_add_backward_autograd=AUTOGRAD_APPLY["dropout_add_backward"])
+    hooks.update(overrides)
+    module.set_planners(**hooks)
 
 
 def load():

@@ -27,23 +27,16 @@ if REGISTRATION not in ("define_op", "custom_op"):
     raise ValueError(f"SEEDDROP_OP_REGISTRATION must be 'define_op' or 'custom_op', but got {REGISTRATION!r}")
 
 
-def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=None):
-    """Define seeddrop::name(schema) and return the callable op (its default overload).
+# name -> the callable that applies op `name` with autograd when a gradient is needed (an
+# autograd.Function whose forward runs the op below autograd): the Python side of the C++
+# host path's Autograd kernels (csrc/fast_dropout.cpp) calls it for those calls.
+AUTOGRAD_APPLY = {}
 
-    impl(*args) computes the op on real tensors; fake(*args) returns empty outputs of the
-    right metadata; setup_context(ctx, inputs, output) saves what backward(ctx, *grads)
-    needs; backward returns one gradient (or None) per op argument. Without backward the
-    op is not differentiable: it runs, and an error is raised when a backward pass
-    reaches it (as for custom_op).
-    """
-    if REGISTRATION == "custom_op":
-        return _define_custom_op(name, schema, impl, fake, setup_context, backward)
-    _LIB.define(f"{name}{schema}", tags=(torch.Tag.pt2_compliant_tag,))
-    _LIB.impl(name, impl, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"seeddrop::{name}", fake, lib=_LIB)
-    op = getattr(torch.ops.seeddrop, name).default
+
+def _autograd_apply(name: str, op, setup_context, backward):
+    """apply(*args) of an autograd.Function: forward runs `op` below autograd (so tracers
+    record the op) and calls setup_context; backward is the given function (or raises)."""
     below_autograd = torch._C._AutoDispatchBelowAutograd
-
     if backward is None:
         def backward(ctx, *grads):
             raise RuntimeError(f"seeddrop::{name} is not differentiable (no derivative is registered)")
@@ -62,7 +55,28 @@ def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=N
             return backward(ctx, *grads)
 
     OpFunction.__name__ = OpFunction.__qualname__ = f"{name}_function"
-    apply = lean_apply(OpFunction)
+    return lean_apply(OpFunction)
+
+
+def define_op(name: str, schema: str, impl, fake, setup_context=None, backward=None):
+    """Define seeddrop::name(schema) and return the callable op (its default overload).
+
+    impl(*args) computes the op on real tensors; fake(*args) returns empty outputs of the
+    right metadata; setup_context(ctx, inputs, output) saves what backward(ctx, *grads)
+    needs; backward returns one gradient (or None) per op argument. Without backward the
+    op is not differentiable: it runs, and an error is raised when a backward pass
+    reaches it (as for custom_op).
+    """
+    if REGISTRATION == "custom_op":
+        op = _define_custom_op(name, schema, impl, fake, setup_context, backward)
+        AUTOGRAD_APPLY[name] = _autograd_apply(name, op, setup_context, backward)
+        return op
+    _LIB.define(f"{name}{schema}", tags=(torch.Tag.pt2_compliant_tag,))
+    _LIB.impl(name, impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"seeddrop::{name}", fake, lib=_LIB)
+    op = getattr(torch.ops.seeddrop, name).default
+    below_autograd = torch._C._AutoDispatchBelowAutograd
+    apply = AUTOGRAD_APPLY[name] = _autograd_apply(name, op, setup_context, backward)
 
     def autograd_kernel(*args):
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):

@@ -11,7 +11,8 @@
 // Entries that use the same launcher:
 //   dropout_forward (pybind): the eager call of seeddrop.dropout, with a C++ autograd node
 //     whose backward regenerates the mask from the saved seed;
-//   seeddrop::dropout's CUDA and AutogradCUDA kernels: what torch.compile'd graphs call;
+//   the CUDA and AutogradCUDA kernels of seeddrop::dropout, dropout_add and
+//     dropout_add_backward: what torch.compile'd graphs call;
 //   dropout_add_forward (pybind): the eager call of seeddrop.dropout_add for contiguous
 //     operands of one shape, with a C++ autograd node (backward: one kernel for grad_x and
 //     the bias-gradient partial sums, then their column sum).
@@ -24,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -156,6 +158,12 @@ struct Planners {
   py::object dropout_add_backward;  // (grad, x, bias, grad_x, seed_tensor, seed_value, p, masked, act, reduce_bias)
                                     //   -> (recipe or None, workspace or None)
   py::object p_constants;           // p -> (threshold, scale_hi, scale_lo)
+  // the Python kernels of seeddrop::dropout_add / dropout_add_backward (op arguments), for the
+  // calls their C++ kernels do not take, and the op's autograd (calls that need a gradient)
+  py::object dropout_add_op;
+  py::object dropout_add_backward_op;
+  py::object dropout_add_autograd;
+  py::object dropout_add_backward_autograd;
 };
 Planners* planners = nullptr;
 
@@ -596,6 +604,106 @@ at::Tensor dropout_add_forward(const at::Tensor& x, const at::Tensor& residual, 
   return run_dropout_add_forward(x, residual, bias_ptr, seed_ptr, seed_value, p, masked, act);
 }
 
+// ---------------------------------------------------------------------------
+// seeddrop::dropout_add and seeddrop::dropout_add_backward, the ops torch.compile'd graphs
+// call: their CUDA kernels replay recipes for the eager entry's layouts and hand every other
+// call (shared dims, per-row seeds, broadcast or strided operands, empty tensors) to the
+// Python kernels; their Autograd kernels go below autograd here and leave calls that need a
+// gradient (tracing a training graph, eager op calls) to the op's Python autograd.
+// ---------------------------------------------------------------------------
+const at::Tensor* optional_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? present(&*t) : nullptr; }
+
+// A scalar seed tensor the kernels read as one int64 on `like`'s device (or none).
+bool plain_seed(const at::Tensor* seed, const at::Tensor& like) {
+  return seed == nullptr || (seed->dim() == 0 && seed->scalar_type() == at::kLong && seed->device() == like.device());
+}
+
+at::Tensor dropout_add_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, double p, bool masked,
+                            at::IntArrayRef shared, bool per_row, int64_t act) {
+  const at::Tensor* bias_ptr = optional_ptr(bias);
+  const at::Tensor* seed = masked ? optional_ptr(seed_tensor) : nullptr;
+  if (shared.empty() && !per_row && x.numel() > 0 && x.is_contiguous() && residual.sizes() == x.sizes() &&
+      residual.is_contiguous() && (bias_ptr == nullptr || bias_ptr->is_contiguous()) && plain_seed(seed, x)) {
+    return run_dropout_add_forward(x, residual, bias_ptr, seed, seed_value, p, masked, act);
+  }
+  py::gil_scoped_acquire gil;
+  return get_planners()
+      .dropout_add_op(x, residual, optional_tensor(bias_ptr), optional_tensor(optional_ptr(seed_tensor)), seed_value,
+                      p, masked, shared.vec(), per_row, act)
+      .cast<at::Tensor>();
+}
+
+std::tuple<at::Tensor, at::Tensor> dropout_add_backward_cuda(
+    const at::Tensor& grad, const std::optional<at::Tensor>& x, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, double p, bool masked, at::IntArrayRef shared,
+    bool per_row, int64_t act, at::ScalarType x_dtype, bool reduce_bias) {
+  const at::Tensor* seed = masked ? optional_ptr(seed_tensor) : nullptr;
+  if (shared.empty() && !per_row && grad.numel() > 0 && plain_seed(seed, grad)) {
+    const at::Tensor dense_grad = grad.contiguous();  // the kernel reads grad, x and bias densely
+    const at::Tensor* x_ptr = optional_ptr(x);
+    const at::Tensor* bias_ptr = optional_ptr(bias);
+    const at::Tensor dense_x = x_ptr != nullptr ? x_ptr->contiguous() : at::Tensor();
+    const at::Tensor dense_bias = bias_ptr != nullptr ? bias_ptr->contiguous() : at::Tensor();
+    at::Tensor grad_x = at::empty(dense_grad.sizes(), dense_grad.options().dtype(x_dtype));
+    at::Tensor partial = run_dropout_add_backward(dense_grad, &dense_x, &dense_bias, grad_x, seed, seed_value, p,
+                                                  masked, act, reduce_bias);
+    if (reduce_bias) return {grad_x, partial.sum(0)};  // fixed-order sum of the chunks' partial sums
+    const auto compute = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    return {grad_x, at::empty({0}, grad.options().dtype(compute))};
+  }
+  py::gil_scoped_acquire gil;
+  auto result = get_planners()
+                    .dropout_add_backward_op(grad, optional_tensor(optional_ptr(x)), optional_tensor(optional_ptr(bias)),
+                                             optional_tensor(optional_ptr(seed_tensor)), seed_value, p, masked,
+                                             shared.vec(), per_row, act, x_dtype, reduce_bias)
+                    .cast<py::tuple>();
+  return {result[0].cast<at::Tensor>(), result[1].cast<at::Tensor>()};
+}
+
+bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->requires_grad(); }
+
+at::Tensor dropout_add_autograd(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& seed_tensor, c10::SymInt seed_value, double p,
+                                bool masked, c10::SymIntArrayRef shared, bool per_row, c10::SymInt act) {
+  if (at::GradMode::is_enabled() && (x.requires_grad() || residual.requires_grad() || requires_grad(bias))) {
+    py::gil_scoped_acquire gil;
+    return get_planners()
+        .dropout_add_autograd(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act)
+        .cast<at::Tensor>();
+  }
+  static const auto op = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("seeddrop::dropout_add", "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                        const std::optional<at::Tensor>&, c10::SymInt, double, bool, c10::SymIntArrayRef, bool,
+                        c10::SymInt)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(x, residual, bias, seed_tensor, std::move(seed_value), p, masked, shared, per_row, std::move(act));
+}
+
+std::tuple<at::Tensor, at::Tensor> dropout_add_backward_autograd(
+    const at::Tensor& grad, const std::optional<at::Tensor>& x, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& seed_tensor, c10::SymInt seed_value, double p, bool masked,
+    c10::SymIntArrayRef shared, bool per_row, c10::SymInt act, at::ScalarType x_dtype, bool reduce_bias) {
+  if (at::GradMode::is_enabled() && (grad.requires_grad() || requires_grad(x) || requires_grad(bias))) {
+    py::gil_scoped_acquire gil;
+    auto result = get_planners()
+                      .dropout_add_backward_autograd(grad, x, bias, seed_tensor, seed_value, p, masked, shared,
+                                                     per_row, act, x_dtype, reduce_bias)
+                      .cast<py::tuple>();
+    return {result[0].cast<at::Tensor>(), result[1].cast<at::Tensor>()};
+  }
+  static const auto op = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("seeddrop::dropout_add_backward", "")
+      .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
+                                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                                c10::SymInt, double, bool, c10::SymIntArrayRef, bool, c10::SymInt,
+                                                at::ScalarType, bool)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(grad, x, bias, seed_tensor, std::move(seed_value), p, masked, shared, per_row, std::move(act),
+                 x_dtype, reduce_bias);
+}
+
 size_t cached_recipes() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   return recipes.size();
@@ -608,26 +716,39 @@ void clear_recipes() {
 }
 
 void set_planners(py::object dropout, py::object dropout_add_forward, py::object dropout_add_backward,
-                  py::object p_constants) {
+                  py::object p_constants, py::object dropout_add_op, py::object dropout_add_backward_op,
+                  py::object dropout_add_autograd, py::object dropout_add_backward_autograd) {
   delete planners;  // (the GIL is held: pybind calls this)
   planners = new Planners{std::move(dropout), std::move(dropout_add_forward), std::move(dropout_add_backward),
-                          std::move(p_constants)};
+                          std::move(p_constants), std::move(dropout_add_op), std::move(dropout_add_backward_op),
+                          std::move(dropout_add_autograd), std::move(dropout_add_backward_autograd)};
   clear_recipes();  // recipes of the previous planners
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(seeddrop, CUDA, m) { m.impl("dropout", dropout_cuda); }
-TORCH_LIBRARY_IMPL(seeddrop, AutogradCUDA, m) { m.impl("dropout", dropout_autograd); }
+#define SEEDDROP_BACKEND_KERNELS(m)                              \
+  m.impl("dropout", dropout_cuda);                               \
+  m.impl("dropout_add", dropout_add_cuda);                       \
+  m.impl("dropout_add_backward", dropout_add_backward_cuda)
+#define SEEDDROP_AUTOGRAD_KERNELS(m)                             \
+  m.impl("dropout", dropout_autograd);                           \
+  m.impl("dropout_add", dropout_add_autograd);                   \
+  m.impl("dropout_add_backward", dropout_add_backward_autograd)
+
+TORCH_LIBRARY_IMPL(seeddrop, CUDA, m) { SEEDDROP_BACKEND_KERNELS(m); }
+TORCH_LIBRARY_IMPL(seeddrop, AutogradCUDA, m) { SEEDDROP_AUTOGRAD_KERNELS(m); }
 #ifdef SEEDDROP_CPU_DISPATCH_FOR_TESTS  // CPU tensors through the same code (the planner runs every call)
-TORCH_LIBRARY_IMPL(seeddrop, CPU, m) { m.impl("dropout", dropout_cuda); }
-TORCH_LIBRARY_IMPL(seeddrop, AutogradCPU, m) { m.impl("dropout", dropout_autograd); }
+TORCH_LIBRARY_IMPL(seeddrop, CPU, m) { SEEDDROP_BACKEND_KERNELS(m); }
+TORCH_LIBRARY_IMPL(seeddrop, AutogradCPU, m) { SEEDDROP_AUTOGRAD_KERNELS(m); }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_forward", &dropout_forward);
   m.def("dropout_add_forward", &dropout_add_forward);
-  m.def("set_planners", &set_planners);
+  m.def("set_planners", &set_planners, py::arg("dropout"), py::arg("dropout_add_forward"),
+        py::arg("dropout_add_backward"), py::arg("p_constants"), py::arg("dropout_add_op"),
+        py::arg("dropout_add_backward_op"), py::arg("dropout_add_autograd"), py::arg("dropout_add_backward_autograd"));
   m.def("cached_recipes", &cached_recipes);
   m.def("clear_recipes", &clear_recipes);
 }

@@ -710,7 +710,9 @@ _apply_dropout_add_function = lean_apply(DropoutAddFunction)
 
 
 # torch.compile sees these ops (eager calls skip the dispatcher and use DropoutAddFunction).
-def _dropout_add_op_impl(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
+# Their Python kernels below serve CPU tensors, and on CUDA, once the C++ host path is built,
+# the calls its kernels leave to Python (csrc/fast_dropout.cpp).
+def dropout_add_op_impl(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
     cfg = Config(p, masked, tuple(shared), per_row, act)
     return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg)
 
@@ -719,7 +721,7 @@ def _dropout_add_op_fake(x, residual, bias, seed_tensor, seed_value, p, masked, 
     return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
 
 
-def _dropout_add_backward_op_impl(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act,
+def dropout_add_backward_op_impl(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act,
                                   x_dtype, reduce_bias):
     """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
     cfg = Config(p, masked, tuple(shared), per_row, act)
@@ -738,7 +740,7 @@ _OP_ARGS = ("Tensor? seed_tensor, SymInt seed_value, float p, bool masked, SymIn
             "SymInt act")
 dropout_add_backward_op = define_op(
     "dropout_add_backward", f"(Tensor grad, Tensor? x, Tensor? bias, {_OP_ARGS}, ScalarType x_dtype, "
-    "bool reduce_bias) -> (Tensor, Tensor)", _dropout_add_backward_op_impl, _dropout_add_backward_op_fake)
+    "bool reduce_bias) -> (Tensor, Tensor)", dropout_add_backward_op_impl, _dropout_add_backward_op_fake)
 
 
 def _dropout_add_op_setup(ctx, inputs, output):
@@ -763,7 +765,7 @@ def _dropout_add_op_backward(ctx, grad):
 
 
 dropout_add_op = define_op("dropout_add", f"(Tensor x, Tensor residual, Tensor? bias, {_OP_ARGS}) -> Tensor",
-                           _dropout_add_op_impl, _dropout_add_op_fake, _dropout_add_op_setup, _dropout_add_op_backward)
+                           dropout_add_op_impl, _dropout_add_op_fake, _dropout_add_op_setup, _dropout_add_op_backward)
 
 
 # --------------------------------------------------------------------------
