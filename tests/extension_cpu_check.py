@@ -241,6 +241,18 @@ except RuntimeError as error:
     assert "not differentiable" in str(error), error
 else:
     raise AssertionError("the backward of seeddrop::dropout_add_backward did not raise")
+# operands the C++ kernels do not take (a broadcast residual, a bias of the wrong length) go to
+# the Python kernel: its result, or its error
+route.clear()
+row = torch.randn(40, generator=gen)
+with torch.no_grad():
+    broadcast = torch.ops.seeddrop.dropout_add.default(a, row, None, None, 5, 0.3, True, [], False, 0)
+    assert torch.equal(broadcast, seeddrop.dropout_add(a, row, 0.3, seed=5)) and route == ["python"], route
+    try:
+        torch.ops.seeddrop.dropout_add.default(a, r, torch.zeros(39), None, 5, 0.3, True, [], False, 0)
+    except Exception:  # noqa: BLE001 (the Python kernel's own error; what matters is no C++ launch)
+        pass
+    assert route == ["python", "python"], route
 _extension.set_planners(module)
 
 # an int seed that changes every call is a SymInt of the op, not a constant: no recompile

@@ -618,12 +618,27 @@ bool plain_seed(const at::Tensor* seed, const at::Tensor& like) {
   return seed == nullptr || (seed->dim() == 0 && seed->scalar_type() == at::kLong && seed->device() == like.device());
 }
 
+// What the kernels take from an op call (anything else goes to Python, whose checks or
+// layouts handle it): floating tensors on like's device, `same` of like's shape, bias of
+// like's last size.
+bool kernel_operands(const at::Tensor& like, std::initializer_list<const at::Tensor*> same, const at::Tensor* bias) {
+  if (like.dim() == 0 || !at::isFloatingType(like.scalar_type())) return false;
+  for (const at::Tensor* t : same) {
+    if (t != nullptr && (t->sizes() != like.sizes() || t->device() != like.device() ||
+                         !at::isFloatingType(t->scalar_type()))) {
+      return false;
+    }
+  }
+  return bias == nullptr || (bias->dim() == 1 && bias->size(0) == like.size(-1) && bias->device() == like.device() &&
+                             at::isFloatingType(bias->scalar_type()));
+}
+
 at::Tensor dropout_add_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, double p, bool masked,
                             at::IntArrayRef shared, bool per_row, int64_t act) {
   const at::Tensor* bias_ptr = optional_ptr(bias);
   const at::Tensor* seed = masked ? optional_ptr(seed_tensor) : nullptr;
-  if (shared.empty() && !per_row && x.numel() > 0 && x.is_contiguous() && residual.sizes() == x.sizes() &&
+  if (shared.empty() && !per_row && x.numel() > 0 && kernel_operands(x, {&residual}, bias_ptr) && x.is_contiguous() &&
       residual.is_contiguous() && (bias_ptr == nullptr || bias_ptr->is_contiguous()) && plain_seed(seed, x)) {
     return run_dropout_add_forward(x, residual, bias_ptr, seed, seed_value, p, masked, act);
   }
@@ -639,10 +654,11 @@ std::tuple<at::Tensor, at::Tensor> dropout_add_backward_cuda(
     const std::optional<at::Tensor>& seed_tensor, int64_t seed_value, double p, bool masked, at::IntArrayRef shared,
     bool per_row, int64_t act, at::ScalarType x_dtype, bool reduce_bias) {
   const at::Tensor* seed = masked ? optional_ptr(seed_tensor) : nullptr;
-  if (shared.empty() && !per_row && grad.numel() > 0 && plain_seed(seed, grad)) {
+  const at::Tensor* x_ptr = optional_ptr(x);
+  const at::Tensor* bias_ptr = optional_ptr(bias);
+  if (shared.empty() && !per_row && grad.numel() > 0 && kernel_operands(grad, {x_ptr}, bias_ptr) &&
+      at::isFloatingType(x_dtype) && plain_seed(seed, grad)) {
     const at::Tensor dense_grad = grad.contiguous();  // the kernel reads grad, x and bias densely
-    const at::Tensor* x_ptr = optional_ptr(x);
-    const at::Tensor* bias_ptr = optional_ptr(bias);
     const at::Tensor dense_x = x_ptr != nullptr ? x_ptr->contiguous() : at::Tensor();
     const at::Tensor dense_bias = bias_ptr != nullptr ? bias_ptr->contiguous() : at::Tensor();
     at::Tensor grad_x = at::empty(dense_grad.sizes(), dense_grad.options().dtype(x_dtype));
