@@ -73,7 +73,9 @@ with recorder:
     (moded,) = torch.autograd.grad(out, [leaf], grad, retain_graph=True)
 assert "seeddrop.dropout.default" in recorder.seen and torch.equal(moded, grad_x), recorder.seen
 grad_leaf = grad.clone().requires_grad_()
-(grad_x,) = torch.autograd.grad(out, [leaf], grad_leaf, create_graph=True)
+with profile() as prof:  # the positive control of the profile check above: dispatched, it shows
+    (grad_x,) = torch.autograd.grad(out, [leaf], grad_leaf, create_graph=True)
+assert [e.name for e in prof.events() if e.name == "seeddrop::dropout"], "create_graph did not dispatch"
 assert grad_x.grad_fn is not None and torch.equal(grad_x, seeddrop.dropout(grad, 0.3, seed=11))
 (second,) = torch.autograd.grad(grad_x, [grad_leaf], vector)
 assert torch.equal(second, seeddrop.dropout(vector, 0.3, seed=11))

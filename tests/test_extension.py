@@ -39,6 +39,30 @@ def test_environment_switch_disables_the_build(monkeypatch):
     assert _extension._state["tried"]
 
 
+def test_op_kernels_load_the_extension_for_cuda_tensors(monkeypatch):
+    """The ops' Python kernels ask for the C++ host path on CUDA tensors, so that a compiled
+    graph whose ops were never called eagerly gets the C++ kernels from its next call on."""
+    loads = []
+    monkeypatch.setattr(_extension, "load", lambda: loads.append(1))
+    _extension.load_for(torch.empty(2))
+    _extension.load_for(torch.empty(2, device="meta"))
+    assert loads == []
+
+    class CudaLike:
+        is_cuda = True
+
+    _extension.load_for(CudaLike())
+    assert loads == [1]
+    seen = []
+    monkeypatch.setattr(_extension, "load_for", lambda t: seen.append(t.data_ptr()))
+    x = torch.randn(4, 8)
+    torch.ops.seeddrop.dropout.default(x, None, 3, 0.5, [], False)
+    torch.ops.seeddrop.dropout_add.default(x, x, None, None, 3, 0.5, True, [], False, 0)
+    torch.ops.seeddrop.dropout_add_backward.default(x, None, None, None, 3, 0.5, True, [], False, 0, torch.float32,
+                                                    False)
+    assert seen == [x.data_ptr()] * 3
+
+
 def _fast():
     module = _extension.load()
     assert module is not None, "the C++ host path did not build on this GPU machine (see the warning)"

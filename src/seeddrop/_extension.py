@@ -39,6 +39,14 @@ def set_planners(module, **overrides) -> None:
     module.set_planners(**hooks)
 
 
+def load_for(t) -> None:
+    """Build / load the extension when `t` is a CUDA tensor. The op kernels call this: once
+    loaded, the C++ kernels serve seeddrop's ops on CUDA (the call that loads it still runs
+    in Python), also in a compiled graph whose ops were never called eagerly."""
+    if t.is_cuda:
+        load()
+
+
 def load():
     """The built extension module, or None (see the module docstring)."""
     if _state["tried"]:

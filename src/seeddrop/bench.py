@@ -452,22 +452,23 @@ def run(cfg: BenchConfig, progress: bool = True) -> Report:
             torch.manual_seed(n)
             x = torch.randn(n, cols, device=cfg.device, dtype=dtype)
             g = torch.randn_like(x)
-            copy_out = torch.empty_like(x)
             case = Case(x, g, cfg, compiled)
-            rows = [("copy", Spec("fwd", "copy", lambda: (lambda: copy_out.copy_(x), nbytes(x, x))))]
-            for op in ops:
-                try:
-                    rows += [(op, spec) for spec in FAMILIES[op](case)]
-                except Exception as e:  # report and go on with the other ops
-                    rows.append((op, Spec("fwd", "setup", _raiser(e))))
+            batches = [lambda: [("copy", Spec("fwd", "copy", lambda: _copy_build(x)))]]
+            batches += [lambda op=op: _family_rows(op, case) for op in ops]
+            if cfg.rounds > 1:  # every method of the size in one batch, timed in interleaved passes
+                parts = batches
+                batches = [lambda: [row for make in parts for row in make()]]
             bar.set_postfix_str(f"{dname} N={n}")
-            measured = _measure_all(timer, [spec.build for _, spec in rows], cfg.rounds)
-            shape = f"{n}x{cols}"
-            copy_ms = measured[0][0]
-            for (op, spec), m in zip(rows, measured):
-                results.append(_result(op, spec.direction, spec.method, dname, n, shape, m, copy_ms))
+            shape, copy_ms = f"{n}x{cols}", math.nan
+            for make in batches:  # one family at a time when rounds == 1: less memory held
+                rows = make()
+                measured = _measure_all(timer, [spec.build for _, spec in rows], cfg.rounds)
+                for (op, spec), m in zip(rows, measured):
+                    copy_ms = m[0] if op == "copy" else copy_ms  # the copy row comes first
+                    results.append(_result(op, spec.direction, spec.method, dname, n, shape, m, copy_ms))
+                del rows
             bar.update(1 + len(ops))
-            del case, rows, copy_out, x, g
+            del case, batches, x, g
     memory = []
     if "memory" in available_ops(cfg.ops):
         bar.set_postfix_str("memory")
@@ -478,6 +479,20 @@ def run(cfg: BenchConfig, progress: bool = True) -> Report:
         bar.update()
     bar.close()
     return Report(results, memory, environment(cfg), tuple(cfg.inner))
+
+
+def _copy_build(x: torch.Tensor):
+    out = torch.empty_like(x)
+    return (lambda: out.copy_(x)), nbytes(x, x)
+
+
+def _family_rows(op: str, case: Case) -> List[Tuple[str, Spec]]:
+    """(op, spec) for each measurement of op family `op`; a setup failure becomes one row
+    that reports it."""
+    try:
+        return [(op, spec) for spec in FAMILIES[op](case)]
+    except Exception as e:  # report and go on with the other ops
+        return [(op, Spec("fwd", "setup", _raiser(e)))]
 
 
 def _raiser(e: Exception):

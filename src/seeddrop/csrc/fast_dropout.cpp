@@ -618,19 +618,23 @@ bool plain_seed(const at::Tensor* seed, const at::Tensor& like) {
   return seed == nullptr || (seed->dim() == 0 && seed->scalar_type() == at::kLong && seed->device() == like.device());
 }
 
+// The dtypes seeddrop's kernels are built for (the public API's check_float_tensor).
+bool kernel_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
 // What the kernels take from an op call (anything else goes to Python, whose checks or
-// layouts handle it): floating tensors on like's device, `same` of like's shape, bias of
-// like's last size.
+// layouts handle it): tensors of a kernel dtype on like's device, `same` of like's shape,
+// bias of like's last size.
 bool kernel_operands(const at::Tensor& like, std::initializer_list<const at::Tensor*> same, const at::Tensor* bias) {
-  if (like.dim() == 0 || !at::isFloatingType(like.scalar_type())) return false;
+  if (like.dim() == 0 || !kernel_dtype(like.scalar_type())) return false;
   for (const at::Tensor* t : same) {
-    if (t != nullptr && (t->sizes() != like.sizes() || t->device() != like.device() ||
-                         !at::isFloatingType(t->scalar_type()))) {
+    if (t != nullptr && (t->sizes() != like.sizes() || t->device() != like.device() || !kernel_dtype(t->scalar_type()))) {
       return false;
     }
   }
   return bias == nullptr || (bias->dim() == 1 && bias->size(0) == like.size(-1) && bias->device() == like.device() &&
-                             at::isFloatingType(bias->scalar_type()));
+                             kernel_dtype(bias->scalar_type()));
 }
 
 at::Tensor dropout_add_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
@@ -657,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor> dropout_add_backward_cuda(
   const at::Tensor* x_ptr = optional_ptr(x);
   const at::Tensor* bias_ptr = optional_ptr(bias);
   if (shared.empty() && !per_row && grad.numel() > 0 && kernel_operands(grad, {x_ptr}, bias_ptr) &&
-      at::isFloatingType(x_dtype) && plain_seed(seed, grad)) {
+      kernel_dtype(x_dtype) && plain_seed(seed, grad)) {
     const at::Tensor dense_grad = grad.contiguous();  // the kernel reads grad, x and bias densely
     const at::Tensor dense_x = x_ptr != nullptr ? x_ptr->contiguous() : at::Tensor();
     const at::Tensor dense_bias = bias_ptr != nullptr ? bias_ptr->contiguous() : at::Tensor();

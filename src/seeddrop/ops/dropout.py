@@ -329,8 +329,7 @@ _apply_dropout_function = lean_apply(DropoutFunction)
 # kernels replace this Python one and the Autograd kernel of _library.define_op. An opaque
 # op, not a triton_op: see docs/benchmarks.md (GPT-2 step, 2026-11-23).
 def _dropout_op_impl(x, seed_tensor, seed_value, p, shared, per_row):
-    if x.is_cuda:
-        _extension.load()  # once built, its C++ kernels serve seeddrop::dropout on CUDA
+    _extension.load_for(x)
     return apply_dropout(x, p, Seed(seed_tensor, seed_value), tuple(shared), per_row)
 
 

@@ -710,9 +710,10 @@ _apply_dropout_add_function = lean_apply(DropoutAddFunction)
 
 
 # torch.compile sees these ops (eager calls skip the dispatcher and use DropoutAddFunction).
-# Their Python kernels below serve CPU tensors, and on CUDA, once the C++ host path is built,
-# the calls its kernels leave to Python (csrc/fast_dropout.cpp).
+# Their Python kernels below serve CPU tensors, CUDA tensors until the C++ host path is
+# loaded (they load it), and then the calls its kernels leave to Python (csrc/fast_dropout.cpp).
 def dropout_add_op_impl(x, residual, bias, seed_tensor, seed_value, p, masked, shared, per_row, act):
+    _extension.load_for(x)
     cfg = Config(p, masked, tuple(shared), per_row, act)
     return apply_dropout_add(x, residual, bias, Seed(seed_tensor, seed_value) if masked else None, cfg)
 
@@ -724,6 +725,7 @@ def _dropout_add_op_fake(x, residual, bias, seed_tensor, seed_value, p, masked, 
 def dropout_add_backward_op_impl(grad, x, bias, seed_tensor, seed_value, p, masked, shared, per_row, act,
                                   x_dtype, reduce_bias):
     """(grad_x, bias-gradient column sums; an empty tensor when reduce_bias is False)."""
+    _extension.load_for(grad)
     cfg = Config(p, masked, tuple(shared), per_row, act)
     seed = Seed(seed_tensor, seed_value) if masked else None
     grad_x, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, x_dtype, reduce_bias)
