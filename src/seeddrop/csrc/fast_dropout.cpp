@@ -425,7 +425,8 @@ struct DropoutFunction : public torch::autograd::Function<DropoutFunction> {
     const auto concrete_seed = seed_value.maybe_as_int();
     const auto concrete_shared = c10::asIntArrayRefSlowOpt(shared);
     at::Tensor grad_x;
-    if (!at::GradMode::is_enabled() && concrete_seed && concrete_shared && reaches_backend_kernel(grads[0])) {
+    if (!at::GradMode::is_enabled() && concrete_seed && concrete_shared && reaches_backend_kernel(grads[0]) &&
+        (!seed.defined() || reaches_backend_kernel(seed))) {
       grad_x = dropout_cuda(grads[0], seed_tensor, *concrete_seed, p, *concrete_shared, per_row);
     } else {
       grad_x = call_op(grads[0], seed_tensor, seed_value, p, shared, per_row);
