@@ -59,16 +59,29 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def training_step(variant, compile_model, args):
-    """A function running one training step of a fresh model (seeded alike for every
-    variant) with the given dropout variant; returns the loss."""
+def setup(variant, layers, batch):
+    """(model, optimizer, tokens, targets) of a fresh model, seeded alike for every variant:
+    nn.Dropout, seeddrop.Dropout (replace_dropout), seeddrop.dropout_add (also at the
+    residuals) or "no dropout" (nn.Identity for every dropout module: the floor)."""
     torch.manual_seed(0)
-    model = GPT(layers=args.layers, fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
-    if variant != "nn.Dropout":
+    model = GPT(layers=layers, fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
+    if variant == "no dropout":
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Dropout):
+                    setattr(module, name, nn.Identity())
+    elif variant != "nn.Dropout":
         seeddrop.replace_dropout(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    idx = torch.randint(0, 50304, (args.batch, 1024), device="cuda")
-    tgt = torch.randint(0, 50304, (args.batch, 1024), device="cuda")
+    idx = torch.randint(0, 50304, (batch, 1024), device="cuda")
+    tgt = torch.randint(0, 50304, (batch, 1024), device="cuda")
+    return model, opt, idx, tgt
+
+
+def training_step(variant, compile_model, args):
+    """A function running one training step of a fresh model with the given dropout
+    variant; returns the loss."""
+    model, opt, idx, tgt = setup(variant, args.layers, args.batch)
     if compile_model:
         fwd = torch.compile(model, mode="reduce-overhead" if compile_model == "reduce-overhead" else None)
     else:

@@ -13,27 +13,14 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
-import seeddrop
-from bench_gpt2 import GPT  # this folder (python benchmarks/gpt2_phases.py puts it on sys.path)
+from bench_gpt2 import setup  # this folder (python benchmarks/gpt2_phases.py puts it on sys.path)
 
 PHASES = ("forward", "backward", "optimizer")
 
 
 def make_step(variant, batch):
-    torch.manual_seed(0)
-    model = GPT(fused=variant == "seeddrop.dropout_add").cuda().to(torch.bfloat16)
-    if variant == "no dropout":  # the floor: every dropout module replaced by nn.Identity
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Dropout):
-                    setattr(module, name, nn.Identity())
-    elif variant != "nn.Dropout":
-        seeddrop.replace_dropout(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    idx = torch.randint(0, 50304, (batch, 1024), device="cuda")
-    tgt = torch.randint(0, 50304, (batch, 1024), device="cuda")
+    model, opt, idx, tgt = setup(variant, 12, batch)
 
     def step():
         """(GPU ms per phase, host ms per phase) of one step."""

@@ -32,7 +32,9 @@ fi
 if want small; then  # small N, host bound: interleaved rounds (issue 3's variational sweep), per-call overhead
   python -m seeddrop bench --ops variational --sizes 1,16,256 --rounds 7 --out "$RESULTS/variational_small" \
     --no-progress 2>&1 | tee "$RESULTS/variational_small.log" | tail -n 34
-  python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
+  if ! want core; then  # (core runs it too)
+    python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
+  fi
 fi
 if want dropout_add; then python benchmarks/bench_dropout_add.py --profile-mlp --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_dropout_add.log" | tail -n 12; fi
 if want sparse_jl; then python benchmarks/bench_sparse_jl.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_sparse_jl.log" | tail -n 12; fi

@@ -533,6 +533,23 @@ at::Tensor run_dropout_add_backward(const at::Tensor& grad, const at::Tensor* x,
   return workspace;
 }
 
+// dropout_add's backward on dense copies of its operands (a no-op for what forward saved or a
+// compiled graph passes; a saved_tensors_hooks unpack or a transposed gradient may give other
+// layouts): grad_x in x_dtype, and the bias gradient's column sums in the compute type when
+// reduce_bias (else undefined), summed in a fixed order over the chunks' partial sums.
+std::tuple<at::Tensor, at::Tensor> dropout_add_backward_dense(const at::Tensor& grad, const at::Tensor* x,
+                                                              const at::Tensor* bias, const at::Tensor* seed,
+                                                              int64_t seed_value, double p, bool masked, int64_t act,
+                                                              at::ScalarType x_dtype, bool reduce_bias) {
+  const at::Tensor dense_grad = grad.contiguous();
+  const at::Tensor dense_x = present(x) != nullptr ? x->contiguous() : at::Tensor();
+  const at::Tensor dense_bias = present(bias) != nullptr ? bias->contiguous() : at::Tensor();
+  at::Tensor grad_x = at::empty(dense_grad.sizes(), dense_grad.options().dtype(x_dtype));
+  at::Tensor partial = run_dropout_add_backward(dense_grad, &dense_x, &dense_bias, grad_x, seed, seed_value, p,
+                                                masked, act, reduce_bias);
+  return {grad_x, reduce_bias ? partial.sum(0) : at::Tensor()};
+}
+
 // Autograd of dropout_add. Saved: the seed, plus x and bias only with an activation (its
 // derivative needs x + bias); dtypes and flags in saved_data.
 struct DropoutAddFunction : public torch::autograd::Function<DropoutAddFunction> {
@@ -557,17 +574,12 @@ struct DropoutAddFunction : public torch::autograd::Function<DropoutAddFunction>
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    // .contiguous(): the kernels read x and bias (and a seed vector) densely, whatever layout
-    // a saved_tensors_hooks unpack returns them in (a no-op for what forward saved)
     auto saved = ctx->get_saved_variables();
     // as ops/dropout_add.py: check_first_order (the kernels record no graph)
     TORCH_CHECK(!(at::GradMode::is_enabled() &&
                   (grads[0].requires_grad() || saved[1].requires_grad() || saved[2].requires_grad())),
                 "seeddrop.dropout_add: its backward is not differentiable (create_graph=True through dropout_add is "
                 "not supported)");
-    for (auto& t : saved) {
-      if (t.defined()) t = t.contiguous();
-    }
     const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
     // next edges: x, residual, then bias when it was given (then the seed tensor)
     const bool need_x = ctx->needs_input_grad(0);
@@ -576,14 +588,12 @@ struct DropoutAddFunction : public torch::autograd::Function<DropoutAddFunction>
     const at::Tensor grad = grads[0].contiguous();
     at::Tensor grad_x, grad_residual, grad_bias;
     if (need_x || need_bias) {
-      grad_x = at::empty(grad.sizes(),
-                         grad.options().dtype(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())));
-      at::Tensor partial = run_dropout_add_backward(
-          grad, &saved[1], &saved[2], grad_x, &saved[0], ctx->saved_data["seed_value"].toInt(),
+      auto [x_grad, bias_sum] = dropout_add_backward_dense(
+          grad, &saved[1], &saved[2], &saved[0], ctx->saved_data["seed_value"].toInt(),
           ctx->saved_data["p"].toDouble(), ctx->saved_data["masked"].toBool(), ctx->saved_data["act"].toInt(),
-          need_bias);
-      if (need_bias) grad_bias = partial.sum(0).to(static_cast<at::ScalarType>(bias_dtype));
-      if (!need_x) grad_x = at::Tensor();
+          static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()), need_bias);
+      if (need_bias) grad_bias = bias_sum.to(static_cast<at::ScalarType>(bias_dtype));
+      if (need_x) grad_x = x_grad;
     }
     if (need_residual) grad_residual = grad.to(static_cast<at::ScalarType>(ctx->saved_data["residual_dtype"].toInt()));
     return {grad_x, grad_residual, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -663,19 +673,15 @@ std::tuple<at::Tensor, at::Tensor> dropout_add_backward_cuda(
   const at::Tensor* bias_ptr = optional_ptr(bias);
   if (shared.empty() && !per_row && grad.numel() > 0 && kernel_operands(grad, {x_ptr}, bias_ptr) &&
       kernel_dtype(x_dtype) && plain_seed(seed, grad)) {
-    const at::Tensor dense_grad = grad.contiguous();  // the kernel reads grad, x and bias densely
-    const at::Tensor dense_x = x_ptr != nullptr ? x_ptr->contiguous() : at::Tensor();
-    const at::Tensor dense_bias = bias_ptr != nullptr ? bias_ptr->contiguous() : at::Tensor();
-    at::Tensor grad_x = at::empty(dense_grad.sizes(), dense_grad.options().dtype(x_dtype));
-    at::Tensor partial = run_dropout_add_backward(dense_grad, &dense_x, &dense_bias, grad_x, seed, seed_value, p,
-                                                  masked, act, reduce_bias);
-    if (reduce_bias) return {grad_x, partial.sum(0)};  // fixed-order sum of the chunks' partial sums
+    auto [grad_x, bias_sum] =
+        dropout_add_backward_dense(grad, x_ptr, bias_ptr, seed, seed_value, p, masked, act, x_dtype, reduce_bias);
+    if (bias_sum.defined()) return {grad_x, bias_sum};
     const auto compute = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    return {grad_x, at::empty({0}, grad.options().dtype(compute))};
+    return {grad_x, at::empty({0}, grad.options().dtype(compute))};  // the op's "no bias gradient"
   }
   py::gil_scoped_acquire gil;
   auto result = get_planners()
-                    .dropout_add_backward_op(grad, optional_tensor(optional_ptr(x)), optional_tensor(optional_ptr(bias)),
+                    .dropout_add_backward_op(grad, optional_tensor(x_ptr), optional_tensor(bias_ptr),
                                              optional_tensor(optional_ptr(seed_tensor)), seed_value, p, masked,
                                              shared.vec(), per_row, act, x_dtype, reduce_bias)
                     .cast<py::tuple>();
