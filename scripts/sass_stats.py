@@ -56,16 +56,20 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
     return compile_sass(da._dropout_add_fwd_kernel, sig, const, aligned=aligned, enable_fp_fusion=fusion)
 
 
-def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=32, block_g=8, fusion=None, num_warps=4):
-    """The backward kernel (bias-reducing by default); fusion None: as the library compiles it."""
+def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=None, num_warps=4, prefetch=None):
+    """The backward kernel (bias-reducing by default, the library's 16-bit tiles); fusion,
+    prefetch None: as the library compiles it."""
     from seeddrop.ops import dropout_add as da
     p = "*" + dtype
     cdt = tl.float64 if dtype == "fp64" else tl.float32
     sig = {"g_ptr": p, "x_ptr": p, "bias_ptr": p, "gx_ptr": p, "partial_ptr": "*" + ("fp64" if dtype == "fp64" else "fp32"),
            "seed_ptr": "*i64", "seed_value": "i64", "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32",
            "R": "i32", "C": "i32", "N": "i32", "tiles_per_program": "i32", "threshold": "i32", "scale_hi": "i32", "scale_lo": "i32"}
+    if prefetch is None:
+        prefetch = da.prefetches(da.Config(0.1, True, (), False, act), 4 if dtype == "fp32" else 8 if dtype == "fp64" else 2,
+                                 reduce_bias)
     const = {"ACT": act, "HAS_BIAS": True, "REDUCE_BIAS": reduce_bias, "MASK": 1, "SEED_FROM_PTR": False, "FLAT": False,
-             "CDT": cdt, "SOFTWARE_BF16": False, "BLOCK_R": block_r, "BLOCK_G": block_g}
+             "CDT": cdt, "SOFTWARE_BF16": False, "PREFETCH": prefetch, "BLOCK_R": block_r, "BLOCK_G": block_g}
     for k in const:
         sig[k] = "constexpr"
     aligned = ("g_ptr", "x_ptr", "bias_ptr", "gx_ptr", "partial_ptr", "C", "N", "R")

@@ -511,11 +511,11 @@ def test_gelu_tail_constants_are_the_folded_fit():
         return [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", code)]
 
     expected = [math.log2(math.e) * c - (i == 0) for i, c in enumerate(dadd.NR_ERFC_FIT)]
-    tail = literals(dadd._normal_tail)  # 1.0, 1.0 + 1 / (2 sqrt 2) |z|, Q's coefficients, log2(e) / 2
+    tail = literals(dadd._normal_tail)  # 1 / (1.0 + 1 / (2 sqrt 2) |z|), Q's coefficients, log2(e) / 2
     assert dadd.TAIL_FIT == pytest.approx(expected, rel=1e-15)
-    assert len(tail) == 14 and tail[3:13] == pytest.approx(expected, rel=1e-15)
-    assert tail[2] == pytest.approx(1 / (2 * math.sqrt(2)), rel=1e-15)
-    assert tail[13] == pytest.approx(math.log2(math.e) / 2, rel=1e-15)
+    assert len(tail) == 13 and tail[0] == 1.0 and tail[2:12] == pytest.approx(expected, rel=1e-15)
+    assert tail[1] == pytest.approx(1 / (2 * math.sqrt(2)), rel=1e-15)
+    assert tail[12] == pytest.approx(math.log2(math.e) / 2, rel=1e-15)
     grad = literals(dadd._activation_grad)
     pdf = grad.index(-1.3257480647361592)  # the fp32 pdf: 2**(log2(1/sqrt(2 pi)) - z*z * log2(e)/2)
     assert grad[pdf] == pytest.approx(math.log2(1 / math.sqrt(2 * math.pi)), rel=1e-15)

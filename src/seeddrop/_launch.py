@@ -90,14 +90,15 @@ class FastKernel:
         c_launch, head = entry
         c_launch(grid, 1, 1, torch._C._cuda_getCurrentRawStream(device), *head, *call)
 
-    def launch_for_recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict):
-        """launch(key, grid, args, num_warps), then its recipe (below): the C++ planners' step."""
-        self.launch(key, grid, args, num_warps)
-        return self.recipe(key, grid, args, num_warps, sources)
+    def launch_for_recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict, **options):
+        """launch(key, grid, args, num_warps, **options), then its recipe (below): the C++
+        planners' step."""
+        self.launch(key, grid, args, num_warps, **options)
+        return self.recipe(key, grid, args, num_warps, sources, **options)
 
-    def recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict):
-        """The launch that `launch(key, grid, args, num_warps)` made, described for the C++
-        launcher (csrc/fast_dropout.cpp), or None when that launcher cannot replay it.
+    def recipe(self, key, grid: int, args: tuple, num_warps: int, sources: dict, **options):
+        """The launch that `launch(key, grid, args, num_warps, **options)` made, described for
+        the C++ launcher (csrc/fast_dropout.cpp), or None when that launcher cannot replay it.
 
         (CUfunction, grid, threads per block, dynamic shared memory bytes, params): params
         holds one (source, bytes, value) per parameter of the compiled kernel (constexprs and
@@ -105,7 +106,7 @@ class FastKernel:
         the values that change from call to call (pointers, seed, p's constants) and 0 for
         a constant `value`."""
         call, alignment = raw_pointer_args(args, self.pointer_positions)
-        kernel = self.kernels.get((key, num_warps, args[0].get_device(), alignment))
+        kernel = self.kernels.get((key, num_warps, args[0].get_device(), alignment, *options.items()))
         if kernel is None or getattr(kernel, "function", None) is None:
             return None
         meta = kernel.metadata

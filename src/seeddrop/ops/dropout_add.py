@@ -127,13 +127,24 @@ if stream.HAS_TRITON:
         return q
 
     @triton.jit
+    def _reciprocal(b, INTERPRETER: tl.constexpr):
+        """1 / b: one rcp.approx.ftz in fp32 on the GPU (~1 ulp; fast_dividef(1, b) adds a
+        flushing FADD to it), else 1 / b."""
+        if INTERPRETER or b.dtype == tl.float64:
+            r = 1.0 / b
+        else:
+            r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [b], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        return r
+
+    @triton.jit
     def _normal_tail(z, INTERPRETER: tl.constexpr):
         """Phi(-|z|) = erfc(|z| / sqrt 2) / 2 in fp32, by the Chebyshev fit of Numerical Recipes
         (6.2; fractional error ~1.2e-7): erfc(a) = t * exp(P(t) - a*a), t = 1 / (1 + a/2).
         Written as t * 2**(Q(t) - z*z * log2(e)/2) with Q = log2(e) * P - 1 (NR_ERFC_FIT,
         TAIL_FIT): the base-2 exponential is one ex2.approx, and log2(e), 1/sqrt 2 and the
         factor 1/2 cost no multiplies. An erfc: no cancellation in gelu's negative tail."""
-        t = _div(tl.full(z.shape, 1.0, z.dtype), 1.0 + 0.35355339059327373 * tl.abs(z), INTERPRETER)
+        t = _reciprocal(1.0 + 0.35355339059327373 * tl.abs(z), INTERPRETER)
         q = -2.825748218405333 + t * (1.4427292039075317 + t * (0.5397006155284324 + t * (
             0.1396300565225048 + t * (-0.2687568603388257 + t * (0.40232158165127635 + t * (
                 -1.637753152343414 + t * (2.147474463933521 + t * (
@@ -152,7 +163,7 @@ if stream.HAS_TRITON:
 
     @triton.jit
     def _sigmoid(z, INTERPRETER: tl.constexpr):
-        return _div(tl.full(z.shape, 1.0, z.dtype), 1.0 + _exp(-z, INTERPRETER), INTERPRETER)
+        return _reciprocal(1.0 + _exp(-z, INTERPRETER), INTERPRETER)
 
     @triton.jit
     def _activation(z, ACT: tl.constexpr, INTERPRETER: tl.constexpr):
@@ -272,17 +283,13 @@ if stream.HAS_TRITON:
         R, C, N, tiles_per_program, threshold, scale_hi, scale_lo,
         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, REDUCE_BIAS: tl.constexpr, MASK: tl.constexpr,
         SEED_FROM_PTR: tl.constexpr, FLAT: tl.constexpr, CDT: tl.constexpr, SOFTWARE_BF16: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+        PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
     ):
         """grad_x = grad_out * multiplier * act'(x + bias) over `tiles_per_program` row tiles of
         one column block; REDUCE_BIAS: this program's column sums of grad_x (in CDT, before
-        rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics). With
-        REDUCE_BIAS, an activation and 16-bit data the loop loads tile t + 1 before computing
-        tile t: its loads stay in flight while this program computes (few programs fit an SM,
-        and the loop would otherwise stall on every tile's loads; H100, bf16 [8192, 49152]:
-        gelu 1.83 -> 1.54x floor, relu 1.27 -> 1.08x; no gain without an activation, and
-        fp32 was up to 4 % slower with it)."""
-        PREFETCH: tl.constexpr = REDUCE_BIAS and ACT != 0 and g_ptr.dtype.element_ty.primitive_bitwidth <= 16
+        rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics). PREFETCH (the
+        launcher's choice, see `prefetches`): the loop loads tile t + 1 before computing tile
+        t, so that those loads stay in flight while this program computes."""
         pid = tl.program_id(0).to(tl.int64)
         if FLAT:
             n_c = 1
@@ -354,7 +361,8 @@ class Config(NamedTuple):
 
 class _Plan(NamedTuple):
     """Launch plan of one kernel for one shape: mask mode, flat or row tiles, tile shape,
-    grid, row tiles per program and bias-workspace rows (backward)."""
+    grid, row tiles per program, bias-workspace rows (backward), warps and Triton compiler
+    options (a dict)."""
 
     R: int
     C: int
@@ -366,6 +374,7 @@ class _Plan(NamedTuple):
     tiles_per_program: int
     n_chunks: int
     num_warps: int
+    options: dict
 
 
 def _rows_cols(shape) -> tuple:
@@ -388,7 +397,10 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         mode = MASK_UNALIGNED if reduce_bias else MASK_ALIGNED
     flat = mode == MASK_ALIGNED and C % 8 != 0 and R > 1
     if on_cuda:  # smaller tiles for the bias-reducing backward (its accumulator is live throughout)
-        elements = GPU_TILE_BYTES["reduce" if reduce_bias else "forward" if forward else "backward"] // max(2, itemsize)
+        kind = "forward" if forward else "backward"
+        if reduce_bias:
+            kind = "reduce_act16" if cfg.act != 0 and itemsize <= 2 else "reduce"
+        elements = GPU_TILE_BYTES[kind] // max(2, itemsize)
     else:
         elements = CPU_TILE_ELEMENTS
     # Row tiles as wide as possible (the backward's bias reduction: at most BWD_REDUCE_COLS
@@ -407,13 +419,25 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         tiles_per_program = cdiv(n_r, max(1, min(n_r, cdiv(target, n_c))))
     n_chunks = cdiv(n_r, tiles_per_program)
     num_warps = 4 if block_r * block_g * 8 <= 4096 else 8
-    return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps)
+    options = {}
+    if on_cuda and itemsize <= 2 and (cfg.act in TRANSCENDENTAL_ACTIVATIONS if forward else reduce_bias and cfg.act):
+        options["maxnreg"] = GPU_MAX_REGISTERS
+    return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps, options)
 
 
 _PLANS: dict = {}
 # GPU plans from an H100 sweep (benchmarks/tune_dropout_add.py, [16384, 4096] and
 # [8192, 49152], bf16 and fp32, activation None / gelu / silu, 2026-11-23).
-GPU_TILE_BYTES = {"forward": 8192, "backward": 16384, "reduce": 4096}  # tile bytes of x
+# "reduce_act16": the bias-reducing backward of 16-bit data with an activation, from an H200
+# probe (benchmarks/probe_dropout_add_occupancy.py, bf16 [8192, 49152], 2026-12-01 09:27 UTC):
+# 4096-byte tiles took 124-127 registers per thread (four programs per SM) and gelu / silu /
+# relu 1.98 / 1.81 / 1.26x the floor, 2048-byte tiles 62-71 registers and 1.61 / 1.51 / 1.08x.
+GPU_TILE_BYTES = {"forward": 8192, "backward": 16384, "reduce": 4096, "reduce_act16": 2048}  # tile bytes of x
+# ptxas's register limit (Triton's maxnreg) for the 16-bit forward with gelu / gelu_tanh / silu
+# and the 16-bit bias-reducing backward with an activation: the same probe measured the forward
+# with the limit at 64 (which it used anyway) faster, gelu 1.27 -> 1.17x, gelu_tanh 1.06 ->
+# 0.99x, and the backward's relu 1.075 -> 1.034x, gelu 1.615 -> 1.603x.
+GPU_MAX_REGISTERS = 64
 BWD_PROGRAMS_PER_SM = 8  # backward with bias reduction: programs per SM (workspace rows)
 # Backward with bias reduction: columns per tile; narrow (64) only for fp16/bf16 with a
 # transcendental activation (bf16 gelu: 1.66x floor with 64 columns, 2.5x with 256; relu,
@@ -425,6 +449,18 @@ def narrow_reduce_tiles(act: int, itemsize: int) -> bool:
     """The BWD_REDUCE_COLS key of a bias-reducing backward: narrow tiles for 16-bit data
     with a transcendental activation."""
     return act in TRANSCENDENTAL_ACTIVATIONS and itemsize <= 2
+
+
+def prefetches(cfg: Config, itemsize: int, reduce_bias: bool) -> bool:
+    """Whether the backward kernel loads row tile t + 1 before computing tile t: for the
+    bias-reducing backward of 16-bit data with an activation, whose programs each loop over
+    many tiles and would otherwise stall on every tile's loads (H100, bf16 [8192, 49152]:
+    gelu 1.83 -> 1.54x floor, relu 1.27 -> 1.08x; no gain without an activation, and fp32
+    was up to 4 % slower with it). BWD_PREFETCH turns it off (probes)."""
+    return BWD_PREFETCH and reduce_bias and cfg.act != 0 and itemsize <= 2
+
+
+BWD_PREFETCH = True
 
 
 def _plan(shape, t: torch.Tensor, cfg: Config, reduce_bias: bool, forward: bool = False) -> _Plan:
@@ -499,7 +535,7 @@ def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
                    seed: Optional[Seed], cfg: Config) -> None:
     """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
     key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
-    _FWD.launch(key, plan.grid, args, plan.num_warps)
+    _FWD.launch(key, plan.grid, args, plan.num_warps, **plan.options)
 
 
 def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
@@ -519,14 +555,15 @@ def _prepare_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optio
         partial = empty_workspace((plan.n_chunks, plan.C), compute_dtype(grad.dtype), grad.device)
     if cfg.act == 0:
         x = bias = None  # act'(z) = 1: x + bias is not read
+    prefetch = prefetches(cfg, grad.element_size(), reduce_bias)
     key = (shape, grad.dtype, None if x is None else x.dtype, grad_x.dtype, None if bias is None else bias.dtype,
            cfg.act, reduce_bias, plan.mode, seed_t is not None, col_stride, plan.flat,
-           plan.block_r, plan.block_g, grad.device,
+           plan.block_r, plan.block_g, grad.device, prefetch,
            plan.tiles_per_program == 1, plan.tiles_per_program % 16 == 0)  # Triton specializes on these
     args = (grad, x, bias, grad_x, partial, seed_t, seed_v, mask, row_off, col_stride,
             plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, *scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
-            _cdt(grad.dtype), not grad.is_cuda, plan.block_r, plan.block_g)
+            _cdt(grad.dtype), not grad.is_cuda, prefetch, plan.block_r, plan.block_g)
     return key, plan, args, partial
 
 
@@ -536,7 +573,7 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
     """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
     Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
     key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
-    _BWD.launch(key, plan.grid, args, plan.num_warps)
+    _BWD.launch(key, plan.grid, args, plan.num_warps, **plan.options)
     return partial
 
 
@@ -557,7 +594,7 @@ def plan_forward_for_extension(x, residual, bias, out, seed_tensor, seed_value, 
         apply_dropout_add(x, residual, bias, seed, cfg, out=out)
         return None
     key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
-    return _FWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES)
+    return _FWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES, **plan.options)
 
 
 def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, p, masked, act, reduce_bias):
@@ -569,7 +606,8 @@ def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, 
         _, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, grad_x.dtype, reduce_bias, grad_x=grad_x)
         return None, (bias_sum[None] if reduce_bias else None)
     key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
-    return _BWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES), partial
+    return (_BWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES, **plan.options),
+            partial)
 
 
 # --------------------------------------------------------------------------
