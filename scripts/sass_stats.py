@@ -31,6 +31,28 @@ def compile_sass(fn, signature, constexprs, num_warps=8, aligned=(), **options):
     return k, sass
 
 
+def loop_body(sass):
+    """The instructions of the innermost loop: from the label a backward branch jumps to,
+    to that branch (the last such branch of the kernel)."""
+    label_at, body, pending = {}, [], []
+    for ln in sass.splitlines():
+        m = re.match(r"\s*(\.L_x_\d+):", ln)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/", ln)
+        if m:
+            for name in pending:
+                label_at[name] = len(body)
+            pending = []
+            body.append(ln)
+    for i in range(len(body) - 1, -1, -1):
+        m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", body[i])
+        if m and label_at.get(m.group(1), i) < i:  # (not the branch-to-self after EXIT)
+            return "\n".join(body[label_at[m.group(1)]:i + 1])
+    return ""
+
+
 def stats(sass):
     ops = collections.Counter()
     for line in sass.splitlines():
@@ -56,7 +78,8 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
     return compile_sass(da._dropout_add_fwd_kernel, sig, const, aligned=aligned, enable_fp_fusion=fusion)
 
 
-def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=None, num_warps=4, prefetch=None):
+def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=None, num_warps=4, prefetch=None,
+                    maxnreg=64):
     """The backward kernel (bias-reducing by default, the library's 16-bit tiles); fusion,
     prefetch None: as the library compiles it."""
     from seeddrop.ops import dropout_add as da
@@ -75,7 +98,7 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=
     aligned = ("g_ptr", "x_ptr", "bias_ptr", "gx_ptr", "partial_ptr", "C", "N", "R")
     fusion = act in da.TRANSCENDENTAL_ACTIVATIONS if fusion is None else fusion
     return compile_sass(da._dropout_add_bwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
-                        enable_fp_fusion=fusion)
+                        enable_fp_fusion=fusion, maxnreg=maxnreg)
 
 
 def jl_matmul(dtype, block_m=16, block_n=64, block_r=128, num_warps=4, num_stages=3):
@@ -126,3 +149,6 @@ if __name__ == "__main__":
         _, sass = dropout_add_bwd(a.dtype, a.act)
     st = stats(sass)
     print(sum(st.values()), "instructions;", st.most_common(25))
+    loop = stats(loop_body(sass))
+    if loop:
+        print("innermost loop:", sum(loop.values()), "instructions;", loop.most_common(25))

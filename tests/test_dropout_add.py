@@ -516,10 +516,48 @@ def test_gelu_tail_constants_are_the_folded_fit():
     assert len(tail) == 13 and tail[0] == 1.0 and tail[2:12] == pytest.approx(expected, rel=1e-15)
     assert tail[1] == pytest.approx(1 / (2 * math.sqrt(2)), rel=1e-15)
     assert tail[12] == pytest.approx(math.log2(math.e) / 2, rel=1e-15)
+    tail16 = literals(dadd._normal_tail_16)  # the same form with TAIL_FIT_16
+    assert len(tail16) == 9 and tail16[:2] == tail[:2] and tail16[-1] == tail[-1]
+    assert tail16[2:8] == list(dadd.TAIL_FIT_16)
     grad = literals(dadd._activation_grad)
     pdf = grad.index(-1.3257480647361592)  # the fp32 pdf: 2**(log2(1/sqrt(2 pi)) - z*z * log2(e)/2)
     assert grad[pdf] == pytest.approx(math.log2(1 / math.sqrt(2 * math.pi)), rel=1e-15)
     assert grad[pdf + 1] == pytest.approx(math.log2(math.e) / 2, rel=1e-15)
+
+
+def test_16bit_tail_fit_accuracy():
+    """TAIL_FIT_16 (the gelu tail for 16-bit results): t * 2**(Q(t) - z*z * log2(e)/2),
+    t = 1 / (1 + |z| / (2 sqrt 2)), within 8e-6 relative of Phi(-|z|) (math.erfc, float64)
+    for |z| <= 13.6, where Phi(-|z|) is above fp32's smallest normal."""
+    worst = 0.0
+    for i in range(13601):
+        z = i / 1000
+        t = 1 / (1 + z / (2 * math.sqrt(2)))
+        q = sum(c * t**k for k, c in enumerate(dadd.TAIL_FIT_16))
+        exact = 0.5 * math.erfc(z / math.sqrt(2))
+        worst = max(worst, abs(t * 2 ** (q - z * z * math.log2(math.e) / 2) / exact - 1))
+    assert worst < 8e-6
+
+
+def check_16bit_gelu_accuracy(device):
+    """gelu and its derivative with 16-bit results (the TAIL_FIT_16 path): within one ulp
+    of the output dtype of exact float64 values (absolute near zero: fp16's subnormal step,
+    and 2e-5 near the zero of gelu' at -0.75), from -14 to 14 with inputs exact in the dtype."""
+    for dtype, ulp, tiny in ((torch.float16, 2.0**-10, 2.0**-24), (torch.bfloat16, 2.0**-7, 1e-37)):
+        z = torch.linspace(-14, 14, 4001).to(dtype).unique()
+        zc = z.to(device).requires_grad_()
+        out = seeddrop.dropout_add(zc, torch.zeros_like(zc), training=False, activation="gelu")
+        (grad,) = torch.autograd.grad(out, zc, torch.ones_like(out))
+        zd = z.double()
+        want = 0.5 * zd * torch.special.erfc(-zd / math.sqrt(2))
+        want_grad = 0.5 * torch.special.erfc(-zd / math.sqrt(2)) + zd * torch.exp(-zd * zd / 2) / math.sqrt(2 * math.pi)
+        torch.testing.assert_close(out.detach().cpu().double(), want, rtol=ulp, atol=tiny)
+        torch.testing.assert_close(grad.cpu().double(), want_grad, rtol=ulp, atol=max(tiny, 2e-5))
+
+
+@needs_interpreter
+def test_16bit_gelu_accurate():
+    check_16bit_gelu_accuracy("cpu")
 
 
 def check_fp32_activation_grad_accuracy(activation, device):
@@ -626,6 +664,12 @@ def test_cuda_fp32_activations_accurate_over_the_whole_range(activation):
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu"])
 def test_cuda_fp32_activation_grads_accurate_over_the_whole_range(activation):
     check_fp32_activation_grad_accuracy(activation, "cuda")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_16bit_gelu_accurate():
+    check_16bit_gelu_accuracy("cuda")
 
 
 @pytest.mark.cuda
