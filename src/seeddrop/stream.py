@@ -187,18 +187,29 @@ if HAS_TRITON:
         (mask, sigma, count): uint64 nonzero mask (bit b: column 64 g + b), uint64 sign word
         (bit b set: negative) and int32 count (= popcount(mask)). UNROLLED: the first Floyd
         steps as straight-line code, without a data-dependent loop unless some cell of the
-        tile needs more (a loop in a tl.range body stops Triton from pipelining its loads)."""
+        tile needs more (a loop in a tl.range body stops Triton from pipelining its loads).
+
+        The count (the largest t with C[t] <= w0) is first counted against C[1..7], loads
+        independent of w0 (min(count, 7)); only a tile where some cell reaches 7 runs the
+        exact 7-step binary search, whose table loads depend on each other (at the default
+        densities a cell holds 7 nonzeros with probability < 1e-4)."""
         w0, w1, w2, w3 = philox_words(seed, cell)
+        w = w0.to(tl.int64)
         count = tl.zeros(cell.shape, tl.int32)
-        for step in tl.static_range(6, -1, -1):  # largest t with C[t] <= w0
-            probe = count + (1 << step)
-            count = tl.where(tl.load(table_ptr + probe) <= w0.to(tl.int64), probe, count)
+        for t in tl.static_range(1, 8):
+            count += (tl.load(table_ptr + t) <= w).to(tl.int32)
+        last = tl.max(count)  # = the largest Floyd draw count while every count is below 32
+        if last >= 7:
+            count = tl.zeros(cell.shape, tl.int32)
+            for step in tl.static_range(6, -1, -1):
+                probe = count + (1 << step)
+                count = tl.where(tl.load(table_ptr + probe) <= w, probe, count)
+            last = tl.max(tl.minimum(count, 64 - count))
         draws = tl.minimum(count, 64 - count)  # Floyd's algorithm picks the smaller side
         chosen = tl.zeros(cell.shape, tl.uint64)
         d0, d1, d2, d3 = w3, w3, w3, w3  # draw 0 is call 0's w3, then 4 per call
         for first in tl.static_range(UNROLLED):
             chosen, d0, d1, d2, d3 = _floyd_step(seed, cell, chosen, draws, first, d0, d1, d2, d3)
-        last = tl.max(draws)
         if last > UNROLLED:
             s = UNROLLED
             while s < last:
