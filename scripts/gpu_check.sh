@@ -46,6 +46,7 @@ if [[ " $parts " == *" tune "* ]]; then
   python benchmarks/gpt2_phases.py 2>&1 | tee "$RESULTS/gpt2_phases.log" | tail -n 6
   python benchmarks/tune_variational.py 2>&1 | tee "$RESULTS/tune_variational.log"
   python benchmarks/tune_dropout_add.py 2>&1 | tee "$RESULTS/tune_dropout_add.log"
+  python benchmarks/probe_dropout_add_occupancy.py 2>&1 | tee "$RESULTS/probe_dropout_add_occupancy.log" | grep BEST
   python benchmarks/tune_sparse_jl.py 2>&1 | tee "$RESULTS/tune_sparse_jl.log"
 fi
 if [[ " $parts " == *" ab "* ]]; then
