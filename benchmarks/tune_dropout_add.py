@@ -60,14 +60,17 @@ def main():
             res = []
             cfg = da.Config(0.1, True, (), False, da.check_activation(act))
             narrow = da.narrow_reduce_tiles(cfg.act, x.element_size())
-            for tile, cols, ppsm in itertools.product((4096, 8192, 16384), (64, 256, 1024), (4, 8, 16, 32)):
-                da.GPU_TILE_BYTES["reduce"] = tile
+            kind = "reduce_act16" if cfg.act and x.element_size() <= 2 else "reduce"
+            default_reduce_tile = da.GPU_TILE_BYTES[kind]
+            for tile, cols, ppsm in itertools.product((2048, 4096, 8192), (64, 256, 1024), (4, 8, 16, 32)):
+                da.GPU_TILE_BYTES[kind] = tile
                 da.BWD_REDUCE_COLS[narrow] = cols
                 da.BWD_PROGRAMS_PER_SM = ppsm
                 da._PLANS.clear()
                 y = seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7)
                 t = bench(lambda: torch.autograd.grad(y, (x, r, b), g, retain_graph=True))
                 res.append((t / floor_b, tile, cols, ppsm, da._plan(x.shape, x, cfg, True).n_chunks))
+            da.GPU_TILE_BYTES[kind] = default_reduce_tile
             res.sort()
             print(f"bwd {shape} {dtype} {act}: copy {copy:.4f} ms; best", [f"{r[0]:.3f}x tile={r[1]} cols={r[2]} ppsm={r[3]} chunks={r[4]}" for r in res[:4]],
                   "worst", f"{res[-1][0]:.3f}x", flush=True)
