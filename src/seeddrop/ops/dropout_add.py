@@ -441,9 +441,8 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         tiles_per_program = cdiv(n_r, max(1, min(n_r, cdiv(target, n_c))))
     n_chunks = cdiv(n_r, tiles_per_program)
     num_warps = 4 if block_r * block_g * 8 <= 4096 else 8
-    options = {}
-    if on_cuda and itemsize <= 2 and (cfg.act in TRANSCENDENTAL_ACTIVATIONS if forward else reduce_bias and cfg.act):
-        options["maxnreg"] = GPU_MAX_REGISTERS
+    limit_registers = cfg.act in TRANSCENDENTAL_ACTIVATIONS if forward else (reduce_bias and cfg.act != 0)
+    options = {"maxnreg": GPU_MAX_REGISTERS} if on_cuda and itemsize <= 2 and limit_registers else {}
     return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps, options)
 
 
