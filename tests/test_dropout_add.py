@@ -698,3 +698,32 @@ def test_plans_depend_on_the_activation():
     assert da.BWD_REDUCE_COLS[False] != da.BWD_REDUCE_COLS[True]  # else this test cannot fail
     relu = da.Config(0.1, True, (), False, da.check_activation("relu"))
     assert da._plan(tuple(t.shape), t, relu, True).block_g == first.block_g  # relu: cheap, planned like None
+
+
+def test_gpu_plans_of_the_16bit_kernels(monkeypatch):
+    """The H200-measured plan choices (docs/benchmarks.md, 2026-12-01 session 6), computed
+    for a 132-SM GPU without one: the 16-bit bias-reducing backward with an activation takes
+    2048-byte tiles, the register limit and the prefetch; fp32 and no activation keep
+    4096-byte tiles without the limit; the forward limits registers for gelu / gelu_tanh /
+    silu in 16-bit only."""
+    monkeypatch.setattr(dadd, "sm_count", lambda device: 132)
+    shape = (8192, 49152)
+
+    def plan(act, itemsize, reduce_bias=True, forward=False):
+        cfg = dadd.Config(0.1, True, (), False, dadd.check_activation(act))
+        return cfg, dadd._make_plan(shape, True, None, itemsize, cfg, reduce_bias, forward)
+
+    for act in ("relu", "gelu", "gelu_tanh", "silu"):
+        cfg, p = plan(act, 2)
+        assert p.block_r * p.block_g * 8 * 2 == 2048 and p.options == {"maxnreg": 64} and p.num_warps == 4
+        assert dadd.prefetches(cfg, 2, True) and not dadd.prefetches(cfg, 4, True)
+        assert not dadd.prefetches(cfg, 2, False)
+    for act, itemsize in ((None, 2), (None, 4), ("gelu", 4)):
+        cfg, p = plan(act, itemsize)
+        assert p.block_r * p.block_g * 8 * itemsize == 4096 and p.options == {}
+        assert not dadd.prefetches(cfg, itemsize, True)
+    assert plan("gelu", 2, reduce_bias=False)[1].options == {}
+    for act in ("gelu", "gelu_tanh", "silu"):
+        assert plan(act, 2, False, True)[1].options == {"maxnreg": 64}
+        assert plan(act, 4, False, True)[1].options == {}
+    assert plan("relu", 2, False, True)[1].options == {} and plan(None, 2, False, True)[1].options == {}

@@ -546,3 +546,19 @@ def test_cuda_s_takes_no_memory(batch):
     copy = x.numel() * x.element_size() if batch > J.GATHER_IN_PLACE_ROWS else 0  # the walk's column-major x
     assert extra <= y.numel() * y.element_size() + (8 << 20) + copy + (1 << 20)  # output + split partials + copy
     assert torch.cuda.memory_allocated() - before == y.numel() * y.element_size()
+
+
+def test_gpu_plans_take_128_rows_where_256_cannot_fill_the_gpu(monkeypatch):
+    """default_config for a 132-SM GPU (no GPU needed): 256-row tiles only when they give
+    at least 0.9 tiles per SM (H200, 2026-12-01: [4096 / 8192, 4096] -> 256 was 15-16 %
+    faster with 128 rows in three runs; [4096 / 8192, 49152] -> 1024 1.8x slower)."""
+    monkeypatch.setattr(J, "sm_count", lambda device: 132)
+    J.default_config.cache_clear()
+    cuda = torch.device("cuda")
+    try:
+        for m, n, r, block_m in ((4096, 256, 4096, 128), (8192, 256, 4096, 128), (4096, 1024, 49152, 256),
+                                 (8192, 1024, 49152, 256), (4096, 49152, 1024, 256), (1024, 1024, 49152, 128)):
+            assert J.default_config(m, n, r, torch.bfloat16, cuda).block_m == block_m, (m, n, r)
+        assert J.default_config(8192, 1024, 49152, torch.float16, cuda).block_m == 128  # fp16 at 256 spills
+    finally:
+        J.default_config.cache_clear()
