@@ -62,8 +62,10 @@ def stats(sass):
     return ops
 
 
-def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
-    """The forward kernel, aligned mask mode by default; dtype: bf16, fp16, fp32 or fp64."""
+def dropout_add_fwd(dtype, act, mask=1, block_r=1, block_g=512, fusion=False, num_warps=4, maxnreg=None):
+    """The forward kernel, aligned mask mode by default (the library's 16-bit plan for wide
+    rows: [1, 512, 8] tiles, 4 warps; it adds maxnreg=64 for gelu / gelu_tanh / silu);
+    dtype: bf16, fp16, fp32 or fp64."""
     from seeddrop.ops import dropout_add as da
     p = "*" + dtype
     sig = {"x_ptr": p, "res_ptr": p, "bias_ptr": p, "out_ptr": p, "seed_ptr": "*i64", "seed_value": "i64",
@@ -75,7 +77,9 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=2, block_g=512, fusion=False):
     for k, v in const.items():
         sig[k] = "constexpr"
     aligned = ("x_ptr", "res_ptr", "bias_ptr", "out_ptr", "seed_ptr", "C", "N", "R")
-    return compile_sass(da._dropout_add_fwd_kernel, sig, const, aligned=aligned, enable_fp_fusion=fusion)
+    options = {} if maxnreg is None else {"maxnreg": maxnreg}
+    return compile_sass(da._dropout_add_fwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
+                        enable_fp_fusion=fusion, **options)
 
 
 def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=None, num_warps=4, prefetch=None,
@@ -138,15 +142,18 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     ap.add_argument("--act", type=int, default=2, help="activation code: 0 none, 1 relu, 2 gelu, 3 gelu_tanh, 4 silu")
     ap.add_argument("--fusion", action="store_true", help="forward: compile with fp fusion")
+    ap.add_argument("--block-r", type=int, help="dropout_add: rows per tile (default: the kernel helper's)")
+    ap.add_argument("--block-g", type=int, help="dropout_add: 8-element groups per tile row")
     a = ap.parse_args()
+    tile = {k: v for k, v in (("block_r", a.block_r), ("block_g", a.block_g)) if v}
     if a.kernel == "dropout_add_fwd":
-        _, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion)
+        _, sass = dropout_add_fwd(a.dtype, a.act, fusion=a.fusion, **tile)
     elif a.kernel == "jl_matmul":
         _, sass = jl_matmul(a.dtype)
     elif a.kernel == "jl_gather":
         _, sass = jl_gather(a.dtype)
     else:
-        _, sass = dropout_add_bwd(a.dtype, a.act)
+        _, sass = dropout_add_bwd(a.dtype, a.act, **tile)
     st = stats(sass)
     print(sum(st.values()), "instructions;", st.most_common(25))
     loop = stats(loop_body(sass))
