@@ -14,7 +14,17 @@ import torch
 from triton.testing import do_bench
 
 import seeddrop
+from seeddrop import _extension
 from seeddrop.ops import dropout_add as da
+
+
+def new_plans():
+    """Forget planned launches after changing a plan knob: the Python plans and the C++
+    host path's recipes (which replay a planned launch without looking at the knobs)."""
+    da._PLANS.clear()
+    ext = _extension.load()
+    if ext is not None:
+        ext.clear_recipes()
 
 
 def bench(fn):
@@ -61,16 +71,16 @@ def main():
             cfg = da.Config(0.1, True, (), False, da.check_activation(act))
             narrow = da.narrow_reduce_tiles(cfg.act, x.element_size())
             kind = "reduce_act16" if cfg.act and x.element_size() <= 2 else "reduce"
-            default_reduce_tile = da.GPU_TILE_BYTES[kind]
+            defaults = da.GPU_TILE_BYTES[kind], da.BWD_REDUCE_COLS[narrow], da.BWD_PROGRAMS_PER_SM
             for tile, cols, ppsm in itertools.product((2048, 4096, 8192), (64, 256, 1024), (4, 8, 16, 32)):
                 da.GPU_TILE_BYTES[kind] = tile
                 da.BWD_REDUCE_COLS[narrow] = cols
                 da.BWD_PROGRAMS_PER_SM = ppsm
-                da._PLANS.clear()
+                new_plans()
                 y = seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7)
                 t = bench(lambda: torch.autograd.grad(y, (x, r, b), g, retain_graph=True))
                 res.append((t / floor_b, tile, cols, ppsm, da._plan(x.shape, x, cfg, True).n_chunks))
-            da.GPU_TILE_BYTES[kind] = default_reduce_tile
+            da.GPU_TILE_BYTES[kind], da.BWD_REDUCE_COLS[narrow], da.BWD_PROGRAMS_PER_SM = defaults
             res.sort()
             print(f"bwd {shape} {dtype} {act}: copy {copy:.4f} ms; best", [f"{r[0]:.3f}x tile={r[1]} cols={r[2]} ppsm={r[3]} chunks={r[4]}" for r in res[:4]],
                   "worst", f"{res[-1][0]:.3f}x", flush=True)
@@ -79,7 +89,7 @@ def main():
             default_tile = da.GPU_TILE_BYTES["forward"]
             for tile in (8192, 16384, 32768):
                 da.GPU_TILE_BYTES["forward"] = tile
-                da._PLANS.clear()
+                new_plans()
                 t = bench(lambda: seeddrop.dropout_add(x, r, 0.1, bias=b, activation=act, seed=7))
                 fres.append((t / (1.5 * copy), tile))
             da.GPU_TILE_BYTES["forward"] = default_tile

@@ -32,8 +32,8 @@ def compile_sass(fn, signature, constexprs, num_warps=8, aligned=(), **options):
 
 
 def loop_body(sass):
-    """The instructions of the innermost loop: from the label a backward branch jumps to,
-    to that branch (the last such branch of the kernel)."""
+    """The instructions of the kernel's last loop: from the label its backward branch jumps
+    to, to that branch (with nested loops, the outer one that ends last)."""
     label_at, body, pending = {}, [], []
     for ln in sass.splitlines():
         m = re.match(r"\s*(\.L_x_\d+):", ln)
@@ -83,26 +83,29 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=1, block_g=512, fusion=False, nu
 
 
 def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=None, num_warps=4, prefetch=None,
-                    maxnreg=64):
+                    maxnreg="library"):
     """The backward kernel (bias-reducing by default, the library's 16-bit tiles); fusion,
-    prefetch None: as the library compiles it."""
+    prefetch None and maxnreg "library": as the library compiles it."""
     from seeddrop.ops import dropout_add as da
     p = "*" + dtype
     cdt = tl.float64 if dtype == "fp64" else tl.float32
     sig = {"g_ptr": p, "x_ptr": p, "bias_ptr": p, "gx_ptr": p, "partial_ptr": "*" + ("fp64" if dtype == "fp64" else "fp32"),
            "seed_ptr": "*i64", "seed_value": "i64", "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32",
            "R": "i32", "C": "i32", "N": "i32", "tiles_per_program": "i32", "threshold": "i32", "scale_hi": "i32", "scale_lo": "i32"}
+    itemsize = {"fp32": 4, "fp64": 8}.get(dtype, 2)
     if prefetch is None:
-        prefetch = da.prefetches(da.Config(0.1, True, (), False, act), 4 if dtype == "fp32" else 8 if dtype == "fp64" else 2,
-                                 reduce_bias)
+        prefetch = da.prefetches(da.Config(0.1, True, (), False, act), itemsize, reduce_bias)
+    if maxnreg == "library":
+        maxnreg = da.GPU_MAX_REGISTERS if itemsize <= 2 and reduce_bias and act in da.REGISTER_LIMITED_BACKWARD else None
     const = {"ACT": act, "HAS_BIAS": True, "REDUCE_BIAS": reduce_bias, "MASK": 1, "SEED_FROM_PTR": False, "FLAT": False,
              "CDT": cdt, "SOFTWARE_BF16": False, "PREFETCH": prefetch, "BLOCK_R": block_r, "BLOCK_G": block_g}
     for k in const:
         sig[k] = "constexpr"
     aligned = ("g_ptr", "x_ptr", "bias_ptr", "gx_ptr", "partial_ptr", "C", "N", "R")
     fusion = act in da.TRANSCENDENTAL_ACTIVATIONS if fusion is None else fusion
+    options = {} if maxnreg is None else {"maxnreg": maxnreg}
     return compile_sass(da._dropout_add_bwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
-                        enable_fp_fusion=fusion, maxnreg=maxnreg)
+                        enable_fp_fusion=fusion, **options)
 
 
 def jl_matmul(dtype, block_m=16, block_n=64, block_r=128, num_warps=4, num_stages=3):
@@ -158,4 +161,4 @@ if __name__ == "__main__":
     print(sum(st.values()), "instructions;", st.most_common(25))
     loop = stats(loop_body(sass))
     if loop:
-        print("innermost loop:", sum(loop.values()), "instructions;", loop.most_common(25))
+        print("last loop:", sum(loop.values()), "instructions;", loop.most_common(25))

@@ -36,7 +36,7 @@ erfc fit (Numerical Recipes 6.2) evaluated in base 2 with its constants folded i
 instructions per element than tl.erf / tl.exp / `/` (offline sm_90 SASS, bf16 kernels);
 where the result is rounded to 16 bits (forward: the output; backward: grad_x) a degree-5
 fit of the same form (_normal_tail_16, 1.7e-5 relative) keeps gelu and gelu' within one
-ulp of the 16-bit dtype (tests); fp64 uses libdevice's erf and exact division.
+to two ulps of the 16-bit dtype (tests); fp64 uses libdevice's erf and exact division.
 
 Backward: saves the seed, plus x and bias when an activation is set (act'(x + bias));
 not differentiable itself (a backward with create_graph=True through it raises an error);
@@ -384,7 +384,7 @@ class Config(NamedTuple):
 class _Plan(NamedTuple):
     """Launch plan of one kernel for one shape: mask mode, flat or row tiles, tile shape,
     grid, row tiles per program, bias-workspace rows (backward), warps and Triton compiler
-    options (a dict)."""
+    options ((name, value) pairs)."""
 
     R: int
     C: int
@@ -396,7 +396,7 @@ class _Plan(NamedTuple):
     tiles_per_program: int
     n_chunks: int
     num_warps: int
-    options: dict
+    options: tuple
 
 
 def _rows_cols(shape) -> tuple:
@@ -441,8 +441,9 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         tiles_per_program = cdiv(n_r, max(1, min(n_r, cdiv(target, n_c))))
     n_chunks = cdiv(n_r, tiles_per_program)
     num_warps = 4 if block_r * block_g * 8 <= 4096 else 8
-    limit_registers = cfg.act in TRANSCENDENTAL_ACTIVATIONS if forward else (reduce_bias and cfg.act != 0)
-    options = {"maxnreg": GPU_MAX_REGISTERS} if on_cuda and itemsize <= 2 and limit_registers else {}
+    limit_registers = cfg.act in (TRANSCENDENTAL_ACTIVATIONS if forward else REGISTER_LIMITED_BACKWARD) and (
+        forward or reduce_bias)
+    options = (("maxnreg", GPU_MAX_REGISTERS),) if on_cuda and itemsize <= 2 and limit_registers else ()
     return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps, options)
 
 
@@ -450,15 +451,18 @@ _PLANS: dict = {}
 # GPU plans from an H100 sweep (benchmarks/tune_dropout_add.py, [16384, 4096] and
 # [8192, 49152], bf16 and fp32, activation None / gelu / silu, 2026-11-23).
 # "reduce_act16": the bias-reducing backward of 16-bit data with an activation, from an H200
-# probe (benchmarks/probe_dropout_add_occupancy.py, bf16 [8192, 49152], 2026-12-01 09:27 UTC):
-# 4096-byte tiles took 124-127 registers per thread (four programs per SM) and gelu / silu /
-# relu 1.98 / 1.81 / 1.26x the floor, 2048-byte tiles 62-71 registers and 1.61 / 1.51 / 1.08x.
+# probe (benchmarks/probe_dropout_add_occupancy.py, bf16 [8192, 49152], 2026-12-01 09:27 UTC;
+# docs/results/dropout_add_occupancy_h200.txt): 4096-byte tiles took 124-127 registers per
+# thread (four programs per SM) and gelu / silu / relu 1.98 / 1.81 / 1.26x the floor,
+# 2048-byte tiles 40-72 registers and 1.61 / 1.49-1.51 / 1.08x.
 GPU_TILE_BYTES = {"forward": 8192, "backward": 16384, "reduce": 4096, "reduce_act16": 2048}  # tile bytes of x
 # ptxas's register limit (Triton's maxnreg) for the 16-bit forward with gelu / gelu_tanh / silu
-# and the 16-bit bias-reducing backward with an activation: the same probe measured the forward
-# with the limit at 64 (which it used anyway) faster, gelu 1.27 -> 1.17x, gelu_tanh 1.06 ->
-# 0.99x, and the backward's relu 1.075 -> 1.034x, gelu 1.615 -> 1.603x.
+# and the 16-bit bias-reducing backward with relu or gelu, from the same probe (one sample per
+# configuration): forward gelu 1.27 -> 1.17x, gelu_tanh 1.06 -> 0.99x with the limit (they used
+# 62-64 registers either way; silu not probed); backward relu 1.075 -> 1.034x, gelu 1.615 ->
+# 1.603x, but gelu_tanh 1.497 -> 1.545x and silu 1.504 -> 1.511x, so those two run without it.
 GPU_MAX_REGISTERS = 64
+REGISTER_LIMITED_BACKWARD = (1, 2)  # relu, gelu
 BWD_PROGRAMS_PER_SM = 8  # backward with bias reduction: programs per SM (workspace rows)
 # Backward with bias reduction: columns per tile; narrow (64) only for fp16/bf16 with a
 # transcendental activation (bf16 gelu: 1.66x floor with 64 columns, 2.5x with 256; relu,
@@ -556,7 +560,7 @@ def launch_forward(x: torch.Tensor, residual: torch.Tensor, bias: Optional[torch
                    seed: Optional[Seed], cfg: Config) -> None:
     """out = residual + dropout(act(x + bias)); x, residual, out contiguous of one shape."""
     key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
-    _FWD.launch(key, plan.grid, args, plan.num_warps, **plan.options)
+    _FWD.launch(key, plan.grid, args, plan.num_warps, **dict(plan.options))
 
 
 def empty_workspace(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
@@ -594,7 +598,7 @@ def launch_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optiona
     """grad_x = grad * multiplier * act'(x + bias) (grad, x, grad_x contiguous of one shape).
     Returns the [n_chunks, C] workspace of bias-gradient partial sums when reduce_bias."""
     key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
-    _BWD.launch(key, plan.grid, args, plan.num_warps, **plan.options)
+    _BWD.launch(key, plan.grid, args, plan.num_warps, **dict(plan.options))
     return partial
 
 
@@ -615,7 +619,7 @@ def plan_forward_for_extension(x, residual, bias, out, seed_tensor, seed_value, 
         apply_dropout_add(x, residual, bias, seed, cfg, out=out)
         return None
     key, plan, args = _prepare_forward(x, residual, bias, out, seed, cfg)
-    return _FWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES, **plan.options)
+    return _FWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _FWD_PARAM_SOURCES, **dict(plan.options))
 
 
 def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, p, masked, act, reduce_bias):
@@ -627,7 +631,7 @@ def plan_backward_for_extension(grad, x, bias, grad_x, seed_tensor, seed_value, 
         _, bias_sum = apply_dropout_add_backward(grad, x, bias, seed, cfg, grad_x.dtype, reduce_bias, grad_x=grad_x)
         return None, (bias_sum[None] if reduce_bias else None)
     key, plan, args, partial = _prepare_backward(grad, x, bias, grad_x, seed, cfg, reduce_bias)
-    return (_BWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES, **plan.options),
+    return (_BWD.launch_for_recipe(key, plan.grid, args, plan.num_warps, _BWD_PARAM_SOURCES, **dict(plan.options)),
             partial)
 
 

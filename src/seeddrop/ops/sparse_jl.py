@@ -387,10 +387,12 @@ def default_config(M: int, N: int, R: int, dtype: torch.dtype, device: torch.dev
         return JLConfig(small_m, 128, 64)
     if M <= 1024 or dtype == torch.float16:  # fp16 at block_m 256 spills
         return JLConfig(128, 128, 64, num_warps=8)
-    if cdiv(M, 256) * cdiv(N, 128) < 0.9 * sm_count(device):
+    if cdiv(M, 256) * cdiv(N, 128) < 0.7 * sm_count(device):
         # Too few tiles of 256 rows to fill the GPU (split partials are capped at 8 MiB): H200,
-        # bf16 [4096 / 8192, 4096] -> 256, three runs on 2026-12-01: 128 rows took 0.085 / 0.150,
-        # 0.085 / 0.150 and 0.073 / 0.127 ms against 0.101 / 0.176, 0.101 / 0.176, 0.087 / 0.150.
+        # bf16 [4096 / 8192, 4096] -> 256 (0.24 / 0.48 tiles per SM), three runs on 2026-12-01:
+        # 128 rows took 0.085 / 0.150, 0.085 / 0.150 and 0.073 / 0.127 ms against 0.101 / 0.176,
+        # 0.101 / 0.176, 0.087 / 0.150; at [4096, 49152] -> 1024 (0.97 tiles per SM) 256 rows
+        # were 1.8x faster. Between 0.48 and 0.97 nothing was measured.
         return JLConfig(128, 128, 64, num_warps=8)
     return JLConfig(256, 128, 64, num_warps=8)
 
