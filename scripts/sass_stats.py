@@ -62,9 +62,9 @@ def stats(sass):
     return ops
 
 
-def dropout_add_fwd(dtype, act, mask=1, block_r=1, block_g=512, fusion=False, num_warps=4, maxnreg=None):
+def dropout_add_fwd(dtype, act, mask=1, block_r=1, block_g=512, fusion=False, num_warps=4, maxnreg="library"):
     """The forward kernel, aligned mask mode by default (the library's 16-bit plan for wide
-    rows: [1, 512, 8] tiles, 4 warps; it adds maxnreg=64 for gelu / gelu_tanh / silu);
+    rows: [1, 512, 8] tiles, 4 warps; maxnreg "library": the library's register limit);
     dtype: bf16, fp16, fp32 or fp64."""
     from seeddrop.ops import dropout_add as da
     p = "*" + dtype
@@ -77,6 +77,9 @@ def dropout_add_fwd(dtype, act, mask=1, block_r=1, block_g=512, fusion=False, nu
     for k, v in const.items():
         sig[k] = "constexpr"
     aligned = ("x_ptr", "res_ptr", "bias_ptr", "out_ptr", "seed_ptr", "C", "N", "R")
+    if maxnreg == "library":
+        itemsize = {"fp32": 4, "fp64": 8}.get(dtype, 2)
+        maxnreg = dict(da.compiler_options(da.Config(0.1, True, (), False, act), itemsize, False, True)).get("maxnreg")
     options = {} if maxnreg is None else {"maxnreg": maxnreg}
     return compile_sass(da._dropout_add_fwd_kernel, sig, const, num_warps=num_warps, aligned=aligned,
                         enable_fp_fusion=fusion, **options)
@@ -93,10 +96,11 @@ def dropout_add_bwd(dtype, act, reduce_bias=True, block_r=16, block_g=8, fusion=
            "seed_ptr": "*i64", "seed_value": "i64", "mask_ptr": "*i8", "mask_row_ptr": "*i64", "mask_col_stride": "i32",
            "R": "i32", "C": "i32", "N": "i32", "tiles_per_program": "i32", "threshold": "i32", "scale_hi": "i32", "scale_lo": "i32"}
     itemsize = {"fp32": 4, "fp64": 8}.get(dtype, 2)
+    cfg = da.Config(0.1, True, (), False, act)
     if prefetch is None:
-        prefetch = da.prefetches(da.Config(0.1, True, (), False, act), itemsize, reduce_bias)
+        prefetch = da.prefetches(cfg, itemsize, reduce_bias)
     if maxnreg == "library":
-        maxnreg = da.GPU_MAX_REGISTERS if itemsize <= 2 and reduce_bias and act in da.REGISTER_LIMITED_BACKWARD else None
+        maxnreg = dict(da.compiler_options(cfg, itemsize, reduce_bias, False)).get("maxnreg")
     const = {"ACT": act, "HAS_BIAS": True, "REDUCE_BIAS": reduce_bias, "MASK": 1, "SEED_FROM_PTR": False, "FLAT": False,
              "CDT": cdt, "SOFTWARE_BF16": False, "PREFETCH": prefetch, "BLOCK_R": block_r, "BLOCK_G": block_g}
     for k in const:

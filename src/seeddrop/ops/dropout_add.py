@@ -310,7 +310,7 @@ if stream.HAS_TRITON:
         """grad_x = grad_out * multiplier * act'(x + bias) over `tiles_per_program` row tiles of
         one column block; REDUCE_BIAS: this program's column sums of grad_x (in CDT, before
         rounding) go to row `chunk` of the [n_chunks, C] workspace (no atomics). PREFETCH (the
-        launcher's choice, see `prefetches`): the loop loads tile t + 1 before computing tile
+        plan's choice, see `prefetches`): the loop loads tile t + 1 before computing tile
         t, so that those loads stay in flight while this program computes."""
         pid = tl.program_id(0).to(tl.int64)
         if FLAT:
@@ -383,8 +383,8 @@ class Config(NamedTuple):
 
 class _Plan(NamedTuple):
     """Launch plan of one kernel for one shape: mask mode, flat or row tiles, tile shape,
-    grid, row tiles per program, bias-workspace rows (backward), warps and Triton compiler
-    options ((name, value) pairs)."""
+    grid, row tiles per program, bias-workspace rows (backward), warps, Triton compiler
+    options ((name, value) pairs) and whether the backward prefetches."""
 
     R: int
     C: int
@@ -397,6 +397,7 @@ class _Plan(NamedTuple):
     n_chunks: int
     num_warps: int
     options: tuple
+    prefetch: bool
 
 
 def _rows_cols(shape) -> tuple:
@@ -441,10 +442,10 @@ def _make_plan(shape, on_cuda: bool, device, itemsize: int, cfg: Config, reduce_
         tiles_per_program = cdiv(n_r, max(1, min(n_r, cdiv(target, n_c))))
     n_chunks = cdiv(n_r, tiles_per_program)
     num_warps = 4 if block_r * block_g * 8 <= 4096 else 8
-    limit_registers = cfg.act in (TRANSCENDENTAL_ACTIVATIONS if forward else REGISTER_LIMITED_BACKWARD) and (
-        forward or reduce_bias)
-    options = (("maxnreg", GPU_MAX_REGISTERS),) if on_cuda and itemsize <= 2 and limit_registers else ()
-    return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps, options)
+    options = compiler_options(cfg, itemsize, reduce_bias, forward) if on_cuda else ()
+    prefetch = not forward and prefetches(cfg, itemsize, reduce_bias)
+    return _Plan(R, C, mode, flat, block_r, block_g, n_c * n_chunks, tiles_per_program, n_chunks, num_warps, options,
+                 prefetch)
 
 
 _PLANS: dict = {}
@@ -474,6 +475,17 @@ def narrow_reduce_tiles(act: int, itemsize: int) -> bool:
     """The BWD_REDUCE_COLS key of a bias-reducing backward: narrow tiles for 16-bit data
     with a transcendental activation."""
     return act in TRANSCENDENTAL_ACTIVATIONS and itemsize <= 2
+
+
+def compiler_options(cfg: Config, itemsize: int, reduce_bias: bool, forward: bool) -> tuple:
+    """Triton compiler options of a GPU kernel, as (name, value) pairs: the register limit
+    (GPU_MAX_REGISTERS) for the 16-bit forward with gelu / gelu_tanh / silu and the 16-bit
+    bias-reducing backward with relu or gelu."""
+    if forward:
+        limited = cfg.act in TRANSCENDENTAL_ACTIVATIONS
+    else:
+        limited = reduce_bias and cfg.act in REGISTER_LIMITED_BACKWARD
+    return (("maxnreg", GPU_MAX_REGISTERS),) if itemsize <= 2 and limited else ()
 
 
 def prefetches(cfg: Config, itemsize: int, reduce_bias: bool) -> bool:
@@ -580,15 +592,14 @@ def _prepare_backward(grad: torch.Tensor, x: Optional[torch.Tensor], bias: Optio
         partial = empty_workspace((plan.n_chunks, plan.C), compute_dtype(grad.dtype), grad.device)
     if cfg.act == 0:
         x = bias = None  # act'(z) = 1: x + bias is not read
-    prefetch = prefetches(cfg, grad.element_size(), reduce_bias)
     key = (shape, grad.dtype, None if x is None else x.dtype, grad_x.dtype, None if bias is None else bias.dtype,
            cfg.act, reduce_bias, plan.mode, seed_t is not None, col_stride, plan.flat,
-           plan.block_r, plan.block_g, grad.device, prefetch,
+           plan.block_r, plan.block_g, grad.device, plan.prefetch,
            plan.tiles_per_program == 1, plan.tiles_per_program % 16 == 0)  # Triton specializes on these
     args = (grad, x, bias, grad_x, partial, seed_t, seed_v, mask, row_off, col_stride,
             plan.R, plan.C, plan.R * plan.C, plan.tiles_per_program, threshold, *scale,
             cfg.act, bias is not None, reduce_bias, plan.mode, seed_t is not None, plan.flat,
-            _cdt(grad.dtype), not grad.is_cuda, prefetch, plan.block_r, plan.block_g)
+            _cdt(grad.dtype), not grad.is_cuda, plan.prefetch, plan.block_r, plan.block_g)
     return key, plan, args, partial
 
 
