@@ -32,6 +32,8 @@ fi
 if want small; then  # small N, host bound: interleaved rounds (issue 3's variational sweep), per-call overhead
   python -m seeddrop bench --ops variational --sizes 1,16,256 --rounds 7 --out "$RESULTS/variational_small" \
     --no-progress 2>&1 | tee "$RESULTS/variational_small.log" | tail -n 34
+  # the same sizes as paired loops of back-to-back calls (host time per call; the compiled baseline's backward too)
+  python benchmarks/bench_variational_small.py --out "$RESULTS" 2>&1 | tee "$RESULTS/variational_small_paired.log" | tail -n 26
   if ! want core; then  # (core runs it too)
     python benchmarks/bench_overhead.py --out "$RESULTS" 2>&1 | tee "$RESULTS/bench_overhead.log" | tail -n 8
   fi
